@@ -1,0 +1,222 @@
+//! The operator API. Handlers validate, then either serve on the leader or forward to it.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use lbfleet_proto::identity::authorize;
+use lbfleet_proto::pb;
+use lbfleet_proto::pb::admin_client::AdminClient;
+use lbfleet_proto::pb::change_membership_request::Change;
+use lbfleet_proto::Role;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use tonic::transport::Channel;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use super::convert;
+use super::forward::Forwarder;
+use crate::raft::state_machine::SharedState;
+use crate::raft::Node;
+use crate::raft::NodeId;
+use crate::raft::Raft;
+
+/// Metadata key set on a request a follower forwarded, so it is never forwarded twice.
+const FORWARDED: &str = "x-lbfleet-forwarded";
+/// Who may use the operator API.
+const OPERATORS: &[Role] = &[Role::Admin, Role::Coordinator];
+
+/// Serves the `Admin` gRPC service of one coordinator node.
+pub struct AdminService {
+    raft: Raft,
+    shared: Arc<SharedState>,
+    forwarder: Forwarder,
+    committed: Arc<AtomicU64>,
+}
+
+/// Where a request that needs the leader is served.
+enum Route {
+    Here,
+    Leader(Channel),
+}
+
+impl AdminService {
+    /// Serves the node whose Raft handle and applied state are given.
+    pub fn new(raft: Raft, shared: Arc<SharedState>, forwarder: Forwarder, committed: Arc<AtomicU64>) -> AdminService {
+        AdminService { raft, shared, forwarder, committed }
+    }
+
+    /// Serves here on the leader, or names the leader's channel; a forwarded request never hops twice.
+    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.ok_or_else(|| Status::unavailable("no Raft leader elected yet; retry"))?;
+        if leader == metrics.id {
+            return Ok(Route::Here);
+        }
+        if request.metadata().contains_key(FORWARDED) {
+            return Err(Status::unavailable(format!("node {} is not the leader any more; retry", metrics.id)));
+        }
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
+        Ok(Route::Leader(self.forwarder.channel(&node.addr)?))
+    }
+
+    /// Waits until this leader may serve reads that reflect every acknowledged write.
+    async fn linearizable(&self) -> Result<(), Status> {
+        self.raft.ensure_linearizable().await.map_err(|e| Status::unavailable(format!("read barrier failed: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Wraps a message for a forwarded call.
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+fn client(channel: Channel) -> AdminClient<Channel> {
+    AdminClient::new(channel)
+        .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(channel) = self.route(&request)? {
+            return client(channel).write(forwarded(request.into_inner())).await;
+        }
+        let command = convert::command_from_pb(request.into_inner().command)?;
+        match self.raft.client_write(command).await {
+            Ok(written) => {
+                let version = written.log_id.index;
+                let response = written.data.map_err(convert::state_error_to_status)?;
+                Ok(Response::new(convert::write_reply(version, &response)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Status::unavailable("leadership changed while writing; retry"))
+            }
+            Err(error) => Err(Status::unavailable(format!("write not committed: {error}"))),
+        }
+    }
+
+    async fn get_cluster(&self, request: Request<pb::GetClusterRequest>) -> Result<Response<pb::ClusterView>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(channel) = self.route(&request)? {
+            return client(channel).get_cluster(forwarded(request.into_inner())).await;
+        }
+        self.linearizable().await?;
+        let request = request.into_inner();
+        let applied = self.shared.read();
+        let cluster = applied
+            .state
+            .clusters
+            .get(&request.cluster)
+            .ok_or_else(|| Status::not_found(format!("cluster {:?} not found", request.cluster)))?;
+        let host = (!request.host.is_empty()).then_some(request.host.as_str());
+        if let Some(host) = host {
+            if !applied.state.hosts.get(host).is_some_and(|h| h.cluster == cluster.name) {
+                return Err(Status::not_found(format!("host {host:?} not found in cluster {:?}", cluster.name)));
+            }
+        }
+        Ok(Response::new(convert::cluster_view(&applied, cluster, host)))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ClusterList>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(channel) = self.route(&request)? {
+            return client(channel).list_clusters(forwarded(request.into_inner())).await;
+        }
+        self.linearizable().await?;
+        let applied = self.shared.read();
+        let clusters = applied.state.clusters.values().map(|c| convert::cluster_summary(&applied, c)).collect();
+        Ok(Response::new(pb::ClusterList { version: applied.version(), clusters }))
+    }
+
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        authorize(&request, OPERATORS)?;
+        Ok(Response::new(self.status_reply()))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(channel) = self.route(&request)? {
+            return client(channel).change_membership(forwarded(request.into_inner())).await;
+        }
+        let change = request.into_inner().change.ok_or_else(|| Status::invalid_argument("no membership change given"))?;
+        let mut voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let failed = |e: &dyn std::fmt::Display| Status::failed_precondition(format!("membership change failed: {e}"));
+        match change {
+            Change::Add(member) => {
+                if member.address.is_empty() || member.address.chars().any(char::is_whitespace) {
+                    return Err(Status::invalid_argument(format!("invalid member address {:?}", member.address)));
+                }
+                // Catch up as a learner first, so the new voter does not stall commits.
+                self.raft.add_learner(member.id, Node::new(member.address), true).await.map_err(|e| failed(&e))?;
+                voters.insert(member.id);
+            }
+            Change::Remove(id) => {
+                if !voters.remove(&id) {
+                    return Err(Status::not_found(format!("node {id} is not a voting member")));
+                }
+                if voters.is_empty() {
+                    return Err(Status::failed_precondition("cannot remove the last voting member"));
+                }
+            }
+        }
+        self.raft.change_membership(voters, false).await.map_err(|e| failed(&e))?;
+        Ok(Response::new(self.status_reply()))
+    }
+}
+
+impl AdminService {
+    fn status_reply(&self) -> pb::StatusReply {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let replication = metrics.replication.clone().unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = replication.get(id).copied().flatten();
+                pb::Member {
+                    id: *id,
+                    address: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched.map(|m| m.index).unwrap_or(0),
+                    has_matched: matched.is_some(),
+                }
+            })
+            .collect();
+        let leader_address = metrics
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        pb::StatusReply {
+            node_id: metrics.id,
+            state: format!("{:?}", metrics.state),
+            current_leader: metrics.current_leader.unwrap_or(0),
+            has_leader: metrics.current_leader.is_some(),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            committed_index: self.committed.load(std::sync::atomic::Ordering::Relaxed),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            members,
+            leader_address,
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The coordinator's gRPC services for operators.
+
+pub mod admin;
+pub mod convert;
+pub mod forward;

@@ -1,0 +1,1 @@
+//! The `lbfleet` CLI, client side.

@@ -1,0 +1,203 @@
+//! The coordinator's settings: a TOML file and/or flags, validated into a typed config at start-up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::raft::NodeId;
+
+/// Settings as written in the TOML file or given as flags; every field optional until validated.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node_id: Option<NodeId>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub tls_dir: Option<PathBuf>,
+    /// `ID=ADDR` for every member of a new cluster; used on the first start only.
+    pub bootstrap: Option<Vec<String>>,
+    /// Take a snapshot after this many log entries (default 10,000).
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot for lagging followers (default 1,000).
+    pub keep_logs_behind_snapshot: Option<u64>,
+}
+
+/// A validated coordinator configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    /// The address peers and clients use; `None` means the bound listen address.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub tls_dir: PathBuf,
+    pub bootstrap: BTreeMap<NodeId, String>,
+    pub snapshot_every: u64,
+    pub keep_logs_behind_snapshot: u64,
+}
+
+/// Why a configuration was refused; the daemon exits with code 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("missing setting {0} (set it in the config file or as --{flag})", flag = .0.replace('_', "-"))]
+    Missing(&'static str),
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid { field: &'static str, value: String, reason: String },
+}
+
+impl RawConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// Fills every unset field from `base` (flags win over the file).
+    pub fn or(self, base: RawConfig) -> RawConfig {
+        RawConfig {
+            node_id: self.node_id.or(base.node_id),
+            listen: self.listen.or(base.listen),
+            advertise: self.advertise.or(base.advertise),
+            data_dir: self.data_dir.or(base.data_dir),
+            tls_dir: self.tls_dir.or(base.tls_dir),
+            bootstrap: self.bootstrap.or(base.bootstrap),
+            snapshot_every: self.snapshot_every.or(base.snapshot_every),
+            keep_logs_behind_snapshot: self.keep_logs_behind_snapshot.or(base.keep_logs_behind_snapshot),
+        }
+    }
+
+    /// Checks every setting and produces the typed config.
+    pub fn validate(self) -> Result<CoordinatorConfig, ConfigError> {
+        let node_id = self.node_id.ok_or(ConfigError::Missing("node_id"))?;
+        let listen_text = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            field: "listen",
+            value: listen_text.clone(),
+            reason: "expected IP:PORT, e.g. 0.0.0.0:7400".into(),
+        })?;
+        let advertise = self.advertise;
+        if advertise.is_none() && listen.ip().is_unspecified() {
+            return Err(ConfigError::Invalid {
+                field: "advertise",
+                value: String::new(),
+                reason: format!("listening on {listen} needs an advertise address that peers can reach"),
+            });
+        }
+        if let Some(address) = &advertise {
+            check_address("advertise", address)?;
+        }
+        let bootstrap = parse_members(self.bootstrap.unwrap_or_default())?;
+        if !bootstrap.is_empty() && !bootstrap.contains_key(&node_id) {
+            return Err(ConfigError::Invalid {
+                field: "bootstrap",
+                value: format!("{bootstrap:?}"),
+                reason: format!("the bootstrap members must include this node ({node_id})"),
+            });
+        }
+        Ok(CoordinatorConfig {
+            node_id,
+            listen,
+            advertise,
+            data_dir: self.data_dir.ok_or(ConfigError::Missing("data_dir"))?,
+            tls_dir: self.tls_dir.ok_or(ConfigError::Missing("tls_dir"))?,
+            bootstrap,
+            snapshot_every: self.snapshot_every.unwrap_or(10_000).max(1),
+            keep_logs_behind_snapshot: self.keep_logs_behind_snapshot.unwrap_or(1_000),
+        })
+    }
+}
+
+/// Parses `ID=ADDR` items (each may itself be a comma-separated list).
+pub fn parse_members(items: Vec<String>) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut members = BTreeMap::new();
+    for item in items.iter().flat_map(|i| i.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
+        let invalid = |reason: &str| ConfigError::Invalid {
+            field: "bootstrap",
+            value: item.to_string(),
+            reason: reason.to_string(),
+        };
+        let (id, address) = item.split_once('=').ok_or_else(|| invalid("expected ID=ADDR"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| invalid("the ID must be a number"))?;
+        check_address("bootstrap", address.trim())?;
+        if members.insert(id, address.trim().to_string()).is_some() {
+            return Err(invalid("the same ID is listed twice"));
+        }
+    }
+    Ok(members)
+}
+
+fn check_address(field: &'static str, address: &str) -> Result<(), ConfigError> {
+    let ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok || address.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(ConfigError::Invalid { field, value: address.into(), reason: "expected HOST:PORT".into() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig {
+            node_id: Some(1),
+            listen: Some("127.0.0.1:7400".into()),
+            data_dir: Some("/tmp/d".into()),
+            tls_dir: Some("/tmp/t".into()),
+            ..RawConfig::default()
+        }
+    }
+
+    #[test]
+    fn minimal_config_validates() {
+        let config = raw().validate().unwrap();
+        assert_eq!(config.node_id, 1);
+        assert!(config.bootstrap.is_empty());
+        assert_eq!(config.snapshot_every, 10_000);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = toml::from_str::<RawConfig>("node_id = 1\nlisten_addr = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn missing_and_invalid_settings_name_themselves() {
+        let err = RawConfig { node_id: None, ..raw() }.validate().unwrap_err();
+        assert_eq!(err.to_string(), "missing setting node_id (set it in the config file or as --node-id)");
+        let err = RawConfig { listen: Some("nope".into()), ..raw() }.validate().unwrap_err();
+        assert!(err.to_string().starts_with("invalid listen \"nope\""));
+        let err = RawConfig { listen: Some("0.0.0.0:7400".into()), ..raw() }.validate().unwrap_err();
+        assert!(err.to_string().contains("advertise"));
+    }
+
+    #[test]
+    fn bootstrap_members_parse() {
+        let members = parse_members(vec!["1=a:1,2=b:2".into(), "3=c:3".into()]).unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[&2], "b:2");
+        assert!(parse_members(vec!["1=a:1,1=b:2".into()]).is_err());
+        assert!(parse_members(vec!["x=a:1".into()]).is_err());
+        assert!(parse_members(vec!["1=a".into()]).is_err());
+        let err = RawConfig { bootstrap: Some(vec!["2=b:2".into()]), ..raw() }.validate().unwrap_err();
+        assert!(err.to_string().contains("must include this node"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = raw();
+        let flags = RawConfig { node_id: Some(7), ..RawConfig::default() };
+        assert_eq!(flags.or(file).validate().unwrap().node_id, 7);
+    }
+}

@@ -1,0 +1,4 @@
+//! The coordinator daemon: configuration and process lifecycle.
+
+pub mod config;
+pub mod server;

@@ -1,0 +1,183 @@
+//! Starts one coordinator node: sled storage, openraft, and the mTLS gRPC listener.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lbfleet_proto::pb::admin_server::AdminServer;
+use lbfleet_proto::pb::raft_server::RaftServer;
+use lbfleet_proto::tls::TlsDir;
+use lbfleet_proto::Identity;
+use lbfleet_proto::Role;
+use openraft::SnapshotPolicy;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+use tracing::warn;
+
+use super::config::CoordinatorConfig;
+use crate::api::admin::AdminService;
+use crate::api::forward::Forwarder;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::network::MAX_MESSAGE_BYTES;
+use crate::raft::service::RaftService;
+use crate::raft::state_machine::SharedState;
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::Node;
+use crate::raft::NodeId;
+use crate::raft::Raft;
+
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TLS: {0}")]
+    Tls(#[from] lbfleet_proto::tls::TlsError),
+    #[error("invalid node identity: {0}")]
+    Identity(#[from] lbfleet_proto::identity::IdentityError),
+    #[error("cannot open data dir {path}: {source}")]
+    Storage { path: String, source: sled::Error },
+    #[error("cannot open state machine: {0}")]
+    StateMachine(String),
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("invalid Raft settings: {0}")]
+    RaftConfig(String),
+    #[error("Raft failed to start: {0}")]
+    Raft(String),
+    #[error("TLS listener: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A running coordinator node.
+pub struct Coordinator {
+    /// This node's Raft handle.
+    pub raft: Raft,
+    /// The applied state, for in-process readers.
+    pub shared: Arc<SharedState>,
+    /// The address the gRPC listener is bound to (the real port when 0 was asked).
+    pub local_addr: SocketAddr,
+    /// The address peers and clients are told to use.
+    pub advertise: String,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Coordinator {
+    /// Opens storage, starts Raft and begins serving; does not bootstrap.
+    pub async fn start(config: &CoordinatorConfig) -> Result<Coordinator, StartError> {
+        let tls = TlsDir::new(&config.tls_dir);
+        let identity = Identity::new(Role::Coordinator, &config.node_id.to_string())?;
+        let server_tls = tls.server_config(&identity)?;
+        let client_tls = tls.client_config(&identity)?;
+
+        let sled_path = config.data_dir.join("sled");
+        let db = sled::Config::new()
+            .path(&sled_path)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(|source| StartError::Storage { path: sled_path.display().to_string(), source })?;
+        let log_store =
+            LogStore::open(&db).map_err(|source| StartError::Storage { path: sled_path.display().to_string(), source })?;
+        let committed = log_store.committed_index();
+        let state_machine = StateMachineStore::open(&db).map_err(|e| StartError::StateMachine(e.to_string()))?;
+        let shared = state_machine.shared();
+
+        let raft_config = openraft::Config {
+            cluster_name: "lbfleet".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.keep_logs_behind_snapshot,
+            max_payload_entries: 1_000,
+            snapshot_max_chunk_size: 8 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::RaftConfig(e.to_string()))?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), Network::new(client_tls.clone()), log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen { address: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
+        let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+
+        let admin = AdminService::new(raft.clone(), shared.clone(), Forwarder::new(client_tls), committed);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .tls_config(server_tls)?
+            .tcp_nodelay(true)
+            .add_service(
+                RaftServer::new(RaftService::new(raft.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                AdminServer::new(admin)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        }));
+        info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");
+        Ok(Coordinator { raft, shared, local_addr, advertise, stop, server })
+    }
+
+    /// Creates a new cluster with these members, unless this node's storage already belongs to one.
+    pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, StartError> {
+        if self.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+            info!("storage already initialized; --bootstrap ignored");
+            return Ok(false);
+        }
+        let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, addr)| (*id, Node::new(addr.clone()))).collect();
+        self.raft.initialize(nodes).await.map_err(|e| StartError::Raft(e.to_string()))?;
+        info!(members = members.len(), "bootstrapped a new cluster");
+        Ok(true)
+    }
+
+    /// Stops serving and shuts Raft down, releasing the data dir.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        if let Err(error) = self.server.await {
+            warn!(%error, "gRPC server task ended abnormally");
+        }
+        if let Err(error) = self.raft.shutdown().await {
+            warn!(%error, "raft shutdown failed");
+        }
+    }
+}
+
+/// Runs a coordinator until SIGINT/SIGTERM.
+pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
+    let coordinator = Coordinator::start(&config).await?;
+    if !config.bootstrap.is_empty() {
+        let mut members = config.bootstrap.clone();
+        // This node's own entry may carry its real port only now.
+        members.entry(config.node_id).or_insert_with(|| coordinator.advertise.clone());
+        coordinator.bootstrap(&members).await?;
+    }
+    shutdown_signal().await;
+    info!("shutting down");
+    coordinator.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,131 @@
+//! The typed commands of the replicated log, their responses and their errors.
+
+use std::fmt;
+
+use lbfleet_proto::Fqdn;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// One entry of the Raft log's application payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a cluster; `haproxy_container` defaults to `hosting-haproxy`.
+    CreateCluster { name: String, haproxy_container: Option<String> },
+    /// Registers a Docker host whose agent serves the cluster's load balancer.
+    AddHost {
+        id: String,
+        cluster: String,
+        address: String,
+        haproxy_container: Option<String>,
+    },
+    /// Creates a shard; its LB backend becomes `shard-{name}`.
+    CreateShard { name: String, cluster: String },
+    /// Adds a backend server (an nginx node) to a shard.
+    AddNode {
+        name: String,
+        shard: String,
+        host: String,
+        address: String,
+        container: Option<String>,
+    },
+    /// Removes a backend server.
+    RemoveNode { name: String },
+    /// Binds an FQDN to a shard, moving it if it was bound elsewhere in the cluster.
+    Bind { fqdn: Fqdn, shard: String, cluster: Option<String> },
+    /// Removes an FQDN's binding.
+    Unbind { fqdn: Fqdn, cluster: Option<String> },
+    /// Many binds in one log entry; entries that cannot apply are skipped and reported.
+    BindBatch { cluster: String, entries: Vec<(Fqdn, String)> },
+}
+
+/// What a successfully applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    ClusterCreated { name: String, haproxy_container: String },
+    HostAdded { id: String, cluster: String },
+    ShardCreated { name: String, lb_backend: String },
+    NodeAdded { name: String, shard: String },
+    NodeRemoved { name: String, shard: String },
+    Bound { cluster: String, fqdn: Fqdn, shard: String, previous: Option<String> },
+    Unbound { cluster: String, fqdn: Fqdn, shard: String },
+    Batch(BatchSummary),
+    /// A Raft-internal entry (blank or membership) that changes no topology.
+    Noop,
+}
+
+/// Counts of what a `BindBatch` did, and every entry it skipped with the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchSummary {
+    pub added: u64,
+    pub moved: u64,
+    pub unchanged: u64,
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The kinds of objects the state holds, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Cluster,
+    Host,
+    Shard,
+    Node,
+    Binding,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Cluster => "cluster",
+            Kind::Host => "host",
+            Kind::Shard => "shard",
+            Kind::Node => "node",
+            Kind::Binding => "binding",
+        })
+    }
+}
+
+/// Why a command was refused. Refused commands still occupy their log index but change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StateError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: Kind, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: Kind, name: String },
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid { field: String, value: String, reason: String },
+    #[error("{fqdn} is bound in several clusters ({}); name one with --cluster", clusters.join(", "))]
+    Ambiguous { fqdn: String, clusters: Vec<String> },
+    #[error("{kind} {name:?} belongs to cluster {actual:?}, not {expected:?}")]
+    WrongCluster { kind: Kind, name: String, expected: String, actual: String },
+}
+
+impl fmt::Display for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Response::ClusterCreated { name, haproxy_container } => {
+                write!(f, "created cluster {name} (haproxy container {haproxy_container})")
+            }
+            Response::HostAdded { id, cluster } => write!(f, "added host {id} to cluster {cluster}"),
+            Response::ShardCreated { name, lb_backend } => write!(f, "created shard {name} (backend {lb_backend})"),
+            Response::NodeAdded { name, shard } => write!(f, "added node {name} to shard {shard}"),
+            Response::NodeRemoved { name, shard } => write!(f, "removed node {name} from shard {shard}"),
+            Response::Bound { fqdn, shard, previous: None, .. } => write!(f, "bound {fqdn} to shard {shard}"),
+            Response::Bound { fqdn, shard, previous: Some(previous), .. } if previous == shard => {
+                write!(f, "{fqdn} was already bound to shard {shard}")
+            }
+            Response::Bound { fqdn, shard, previous: Some(previous), .. } => {
+                write!(f, "moved {fqdn} from shard {previous} to shard {shard}")
+            }
+            Response::Unbound { fqdn, shard, .. } => write!(f, "unbound {fqdn} (was shard {shard})"),
+            Response::Batch(summary) => write!(
+                f,
+                "{} added, {} moved, {} unchanged, {} skipped",
+                summary.added,
+                summary.moved,
+                summary.unchanged,
+                summary.skipped.len()
+            ),
+            Response::Noop => f.write_str("no change"),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The replicated state: topology and FQDN bindings, changed only by the pure `apply`.
+
+mod command;
+pub mod names;
+
+use std::collections::BTreeMap;
+
+pub use command::BatchSummary;
+pub use command::Command;
+pub use command::Kind;
+pub use command::Response;
+pub use command::StateError;
+use lbfleet_proto::Fqdn;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// HAProxy container name used when a cluster names none.
+pub const DEFAULT_HAPROXY_CONTAINER: &str = "hosting-haproxy";
+/// Where the FQDN map lives inside the HAProxy container.
+pub const DEFAULT_MAP_PATH: &str = "/var/lib/haproxy/maps/fqdn-to-shard.map";
+
+/// The whole replicated state of one coordinator group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub clusters: BTreeMap<String, Cluster>,
+    pub hosts: BTreeMap<String, Host>,
+    pub shards: BTreeMap<String, Shard>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// A load-balanced cluster: its config and its FQDN -> shard bindings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    pub config: ClusterConfig,
+    pub bindings: BTreeMap<Fqdn, String>,
+}
+
+/// What the agent and the config template need to know about a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub haproxy_container: String,
+    pub map_path: String,
+}
+
+/// A Docker host whose agent serves its cluster's load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: String,
+    pub cluster: String,
+    pub address: String,
+    /// Overrides the cluster's container name (several hosts may share one Docker engine).
+    pub haproxy_container: Option<String>,
+}
+
+/// A group of nodes behind one HAProxy backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub name: String,
+    pub cluster: String,
+    pub lb_backend: String,
+}
+
+/// A backend server (nginx) of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub shard: String,
+    pub host: String,
+    pub address: String,
+    pub container: Option<String>,
+}
+
+impl State {
+    /// Applies one command; on error the state is unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Response, StateError> {
+        match cmd {
+            Command::CreateCluster { name, haproxy_container } => self.create_cluster(name, haproxy_container),
+            Command::AddHost { id, cluster, address, haproxy_container } => {
+                self.add_host(id, cluster, address, haproxy_container)
+            }
+            Command::CreateShard { name, cluster } => self.create_shard(name, cluster),
+            Command::AddNode { name, shard, host, address, container } => {
+                self.add_node(name, shard, host, address, container)
+            }
+            Command::RemoveNode { name } => self.remove_node(name),
+            Command::Bind { fqdn, shard, cluster } => self.bind(fqdn, shard, cluster.as_deref()),
+            Command::Unbind { fqdn, cluster } => self.unbind(fqdn, cluster.as_deref()),
+            Command::BindBatch { cluster, entries } => self.bind_batch(cluster, entries),
+        }
+    }
+
+    /// The cluster's host view: the container name a host's agent should drive.
+    pub fn haproxy_container_of(&self, host: &Host) -> String {
+        host.haproxy_container.clone().unwrap_or_else(|| {
+            self.clusters
+                .get(&host.cluster)
+                .map(|c| c.config.haproxy_container.clone())
+                .unwrap_or_else(|| DEFAULT_HAPROXY_CONTAINER.to_string())
+        })
+    }
+
+    fn create_cluster(&mut self, name: &str, haproxy_container: &Option<String>) -> Result<Response, StateError> {
+        names::object_name("cluster name", name)?;
+        if let Some(container) = haproxy_container {
+            names::container_name("haproxy container", container)?;
+        }
+        if self.clusters.contains_key(name) {
+            return Err(already_exists(Kind::Cluster, name));
+        }
+        let haproxy_container = haproxy_container.clone().unwrap_or_else(|| DEFAULT_HAPROXY_CONTAINER.to_string());
+        self.clusters.insert(
+            name.to_string(),
+            Cluster {
+                name: name.to_string(),
+                config: ClusterConfig {
+                    haproxy_container: haproxy_container.clone(),
+                    map_path: DEFAULT_MAP_PATH.to_string(),
+                },
+                bindings: BTreeMap::new(),
+            },
+        );
+        Ok(Response::ClusterCreated { name: name.to_string(), haproxy_container })
+    }
+
+    fn add_host(
+        &mut self,
+        id: &str,
+        cluster: &str,
+        address: &str,
+        haproxy_container: &Option<String>,
+    ) -> Result<Response, StateError> {
+        names::object_name("host id", id)?;
+        if let Some(container) = haproxy_container {
+            names::container_name("haproxy container", container)?;
+        }
+        if address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(StateError::Invalid {
+                field: "host address".into(),
+                value: address.into(),
+                reason: "must not contain spaces or control characters".into(),
+            });
+        }
+        self.cluster(cluster)?;
+        if self.hosts.contains_key(id) {
+            return Err(already_exists(Kind::Host, id));
+        }
+        let host = Host {
+            id: id.to_string(),
+            cluster: cluster.to_string(),
+            address: address.to_string(),
+            haproxy_container: haproxy_container.clone(),
+        };
+        self.hosts.insert(id.to_string(), host);
+        Ok(Response::HostAdded { id: id.to_string(), cluster: cluster.to_string() })
+    }
+
+    fn create_shard(&mut self, name: &str, cluster: &str) -> Result<Response, StateError> {
+        names::object_name("shard name", name)?;
+        self.cluster(cluster)?;
+        if self.shards.contains_key(name) {
+            return Err(already_exists(Kind::Shard, name));
+        }
+        let lb_backend = format!("shard-{name}");
+        let shard = Shard { name: name.to_string(), cluster: cluster.to_string(), lb_backend: lb_backend.clone() };
+        self.shards.insert(name.to_string(), shard);
+        Ok(Response::ShardCreated { name: name.to_string(), lb_backend })
+    }
+
+    fn add_node(
+        &mut self,
+        name: &str,
+        shard: &str,
+        host: &str,
+        address: &str,
+        container: &Option<String>,
+    ) -> Result<Response, StateError> {
+        names::object_name("node name", name)?;
+        names::server_address("node address", address)?;
+        if let Some(container) = container {
+            names::container_name("node container", container)?;
+        }
+        let shard_cluster = self.shard(shard)?.cluster.clone();
+        let host_cluster = &self.hosts.get(host).ok_or_else(|| not_found(Kind::Host, host))?.cluster;
+        if *host_cluster != shard_cluster {
+            return Err(StateError::WrongCluster {
+                kind: Kind::Host,
+                name: host.to_string(),
+                expected: shard_cluster,
+                actual: host_cluster.clone(),
+            });
+        }
+        if self.nodes.contains_key(name) {
+            return Err(already_exists(Kind::Node, name));
+        }
+        let node = Node {
+            name: name.to_string(),
+            shard: shard.to_string(),
+            host: host.to_string(),
+            address: address.to_string(),
+            container: container.clone(),
+        };
+        self.nodes.insert(name.to_string(), node);
+        Ok(Response::NodeAdded { name: name.to_string(), shard: shard.to_string() })
+    }
+
+    fn remove_node(&mut self, name: &str) -> Result<Response, StateError> {
+        let node = self.nodes.remove(name).ok_or_else(|| not_found(Kind::Node, name))?;
+        Ok(Response::NodeRemoved { name: node.name, shard: node.shard })
+    }
+
+    fn bind(&mut self, fqdn: &Fqdn, shard: &str, cluster: Option<&str>) -> Result<Response, StateError> {
+        let fqdn = revalidate(fqdn)?;
+        let shard_cluster = self.shard(shard)?.cluster.clone();
+        if let Some(cluster) = cluster {
+            if cluster != shard_cluster {
+                self.cluster(cluster)?;
+                return Err(StateError::WrongCluster {
+                    kind: Kind::Shard,
+                    name: shard.to_string(),
+                    expected: cluster.to_string(),
+                    actual: shard_cluster,
+                });
+            }
+        }
+        let bindings = &mut self.cluster_mut(&shard_cluster)?.bindings;
+        let previous = bindings.insert(fqdn.clone(), shard.to_string());
+        Ok(Response::Bound { cluster: shard_cluster, fqdn, shard: shard.to_string(), previous })
+    }
+
+    fn unbind(&mut self, fqdn: &Fqdn, cluster: Option<&str>) -> Result<Response, StateError> {
+        let fqdn = revalidate(fqdn)?;
+        let cluster = match cluster {
+            Some(cluster) => self.cluster(cluster)?.name.clone(),
+            None => {
+                let holders: Vec<String> = self
+                    .clusters
+                    .values()
+                    .filter(|c| c.bindings.contains_key(&fqdn))
+                    .map(|c| c.name.clone())
+                    .collect();
+                match holders.as_slice() {
+                    [] => return Err(not_found(Kind::Binding, fqdn.as_str())),
+                    [one] => one.clone(),
+                    _ => return Err(StateError::Ambiguous { fqdn: fqdn.into_string(), clusters: holders }),
+                }
+            }
+        };
+        let bindings = &mut self.cluster_mut(&cluster)?.bindings;
+        let shard = bindings.remove(&fqdn).ok_or_else(|| not_found(Kind::Binding, fqdn.as_str()))?;
+        Ok(Response::Unbound { cluster, fqdn, shard })
+    }
+
+    fn bind_batch(&mut self, cluster: &str, entries: &[(Fqdn, String)]) -> Result<Response, StateError> {
+        self.cluster(cluster)?;
+        let mut summary = BatchSummary::default();
+        // Shard lookups are answered once per distinct shard, not once per entry.
+        let mut shard_ok: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
+        for (fqdn, shard) in entries {
+            let verdict = shard_ok.entry(shard.as_str()).or_insert_with(|| match self.shards.get(shard.as_str()) {
+                None => Err(format!("shard {shard:?} not found")),
+                Some(s) if s.cluster != cluster => Err(format!("shard {shard:?} belongs to cluster {:?}", s.cluster)),
+                Some(_) => Ok(()),
+            });
+            if let Err(reason) = verdict {
+                summary.skipped.push((fqdn.to_string(), reason.clone()));
+                continue;
+            }
+            let fqdn = match revalidate(fqdn) {
+                Ok(fqdn) => fqdn,
+                Err(error) => {
+                    summary.skipped.push((fqdn.to_string(), error.to_string()));
+                    continue;
+                }
+            };
+            let bindings = &mut self.cluster_mut(cluster)?.bindings;
+            match bindings.insert(fqdn, shard.clone()) {
+                None => summary.added += 1,
+                Some(previous) if previous == *shard => summary.unchanged += 1,
+                Some(_) => summary.moved += 1,
+            }
+        }
+        Ok(Response::Batch(summary))
+    }
+
+    fn cluster(&self, name: &str) -> Result<&Cluster, StateError> {
+        self.clusters.get(name).ok_or_else(|| not_found(Kind::Cluster, name))
+    }
+
+    fn cluster_mut(&mut self, name: &str) -> Result<&mut Cluster, StateError> {
+        self.clusters.get_mut(name).ok_or_else(|| not_found(Kind::Cluster, name))
+    }
+
+    fn shard(&self, name: &str) -> Result<&Shard, StateError> {
+        self.shards.get(name).ok_or_else(|| not_found(Kind::Shard, name))
+    }
+}
+
+/// Validates an FQDN again inside `apply`: the log must never hold a name the edge would refuse.
+fn revalidate(fqdn: &Fqdn) -> Result<Fqdn, StateError> {
+    let parsed = Fqdn::parse(fqdn.as_str()).map_err(|error| StateError::Invalid {
+        field: "FQDN".into(),
+        value: fqdn.to_string(),
+        reason: error.to_string(),
+    })?;
+    if parsed != *fqdn {
+        return Err(StateError::Invalid {
+            field: "FQDN".into(),
+            value: fqdn.to_string(),
+            reason: format!("not in canonical form (expected {parsed})"),
+        });
+    }
+    Ok(parsed)
+}
+
+fn not_found(kind: Kind, name: &str) -> StateError {
+    StateError::NotFound { kind, name: name.to_string() }
+}
+
+fn already_exists(kind: Kind, name: &str) -> StateError {
+    StateError::AlreadyExists { kind, name: name.to_string() }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,18 @@
+//! The contract shared by every lbfleet component: the gRPC services and the small
+//! domain types both ends need (FQDNs, names, certificate identities, TLS loading).
+#![forbid(unsafe_code)]
+
+pub mod fqdn;
+pub mod identity;
+pub mod tls;
+
+pub use fqdn::Fqdn;
+pub use fqdn::FqdnError;
+pub use identity::Identity;
+pub use identity::Role;
+
+/// Generated protobuf messages and tonic clients/servers.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("lbfleet.v1");
+}
