@@ -25,6 +25,8 @@ use crate::raft::Raft;
 
 /// Metadata key set on a request a follower forwarded, so it is never forwarded twice.
 const FORWARDED: &str = "x-lbfleet-forwarded";
+/// Ends the message of every error that guarantees nothing was written, so clients may resend.
+pub const RETRY_HINT: &str = "; retry";
 /// Who may use the operator API.
 const OPERATORS: &[Role] = &[Role::Admin, Role::Coordinator];
 
@@ -51,12 +53,12 @@ impl AdminService {
     /// Serves here on the leader, or names the leader's channel; a forwarded request never hops twice.
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
         let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader.ok_or_else(|| Status::unavailable("no Raft leader elected yet; retry"))?;
+        let leader = metrics.current_leader.ok_or_else(|| Status::unavailable(format!("no Raft leader elected yet{RETRY_HINT}")))?;
         if leader == metrics.id {
             return Ok(Route::Here);
         }
         if request.metadata().contains_key(FORWARDED) {
-            return Err(Status::unavailable(format!("node {} is not the leader any more; retry", metrics.id)));
+            return Err(Status::unavailable(format!("node {} is not the leader any more{RETRY_HINT}", metrics.id)));
         }
         let node = metrics
             .membership_config
@@ -101,7 +103,7 @@ impl pb::admin_server::Admin for AdminService {
                 Ok(Response::new(convert::write_reply(version, &response)))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Status::unavailable("leadership changed while writing; retry"))
+                Err(Status::unavailable(format!("leadership changed while writing{RETRY_HINT}")))
             }
             Err(error) => Err(Status::unavailable(format!("write not committed: {error}"))),
         }

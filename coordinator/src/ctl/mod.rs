@@ -1,1 +1,7 @@
-//! The `lbfleet` CLI, client side.
+//! The `lbfleet` CLI, kept apart from the daemon: argument parsing, the client, output.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod import;
+pub mod output;

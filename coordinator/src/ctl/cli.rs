@@ -1,0 +1,234 @@
+//! The `lbfleet` command line; doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use clap::Parser;
+use clap::Subcommand;
+
+/// Control plane for HAProxy fleets: bind FQDNs to shards, manage topology, inspect status.
+#[derive(Debug, Parser)]
+#[command(name = "lbfleet", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every client command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Coordinator gRPC addresses, comma-separated; any node will do.
+    #[arg(long, env = "LBFLEET_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    pub endpoints: Vec<String>,
+    /// Directory with ca.pem and this process's certificate (see `lbfleet pki init`) [default: .lbfleet/tls].
+    #[arg(long, env = "LBFLEET_TLS_DIR", global = true)]
+    pub tls_dir: Option<PathBuf>,
+    /// Admin identity to use when the TLS directory holds several.
+    #[arg(long, env = "LBFLEET_IDENTITY", global = true)]
+    pub identity: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, env = "LBFLEET_JSON", global = true)]
+    pub json: bool,
+    /// Seconds to wait for an answer.
+    #[arg(long, env = "LBFLEET_TIMEOUT", default_value_t = 10.0, global = true)]
+    pub timeout: f64,
+}
+
+/// lbfleet's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Certificates for a development or test deployment.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Runs a coordinator node.
+    #[command(subcommand)]
+    Coordinator(CoordinatorCommand),
+    /// Lists the Raft members, or adds/removes one.
+    Members {
+        #[command(subcommand)]
+        change: Option<MembersCommand>,
+    },
+    /// Creates or lists clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Registers Docker hosts whose agent serves a cluster's load balancer.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Creates shards (the LB backend becomes shard-NAME).
+    #[command(subcommand)]
+    Shard(ShardCommand),
+    /// Adds or removes backend nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Binds an FQDN to a shard (moving it if it is bound elsewhere).
+    Bind {
+        fqdn: String,
+        shard: String,
+        /// The cluster; defaults to the shard's.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Removes an FQDN's binding.
+    Unbind {
+        fqdn: String,
+        /// The cluster; needed only when the FQDN is bound in several.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Imports an existing fqdn-to-shard.map (`<fqdn> shard-<name>` per line) in batches.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        /// Bindings per Raft log entry.
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: usize,
+    },
+    /// Load-balancer views.
+    #[command(subcommand)]
+    Lb(LbCommand),
+    /// Coordinator nodes, leader, term, commit and applied indexes.
+    Status,
+}
+
+/// `lbfleet pki ...`
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Creates a CA (or reuses the one in DIR) and any certificates not yet there.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Coordinator node ids, e.g. `--coordinator 1 2 3`.
+        #[arg(long, num_args = 1..)]
+        coordinator: Vec<String>,
+        /// Agent host ids.
+        #[arg(long, num_args = 1..)]
+        agent: Vec<String>,
+        /// Operator names.
+        #[arg(long, num_args = 1..)]
+        admin: Vec<String>,
+    },
+}
+
+/// `lbfleet coordinator ...`
+#[derive(Debug, Subcommand)]
+pub enum CoordinatorCommand {
+    /// Runs a coordinator node until SIGINT/SIGTERM.
+    Run(RunArgs),
+}
+
+/// Settings of `coordinator run`; flags override the config file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file with the same settings (node_id, listen, advertise, data_dir, tls_dir, bootstrap).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's Raft id.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Address to bind the gRPC listener to.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address peers and clients should use (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Where the sled database lives.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// `ID=ADDR,...`: the members of a new cluster; only read on the very first start.
+    #[arg(long, value_delimiter = ',')]
+    pub bootstrap: Option<Vec<String>>,
+    /// Take a snapshot after this many log entries.
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+}
+
+/// `lbfleet members add|remove`
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
+    Add {
+        /// `ID=ADDR`
+        member: String,
+    },
+    /// Removes a voting member.
+    Remove { id: u64 },
+}
+
+/// `lbfleet cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Creates a cluster.
+    Create {
+        name: String,
+        /// HAProxy container on the cluster's hosts (default hosting-haproxy).
+        #[arg(long)]
+        haproxy_container: Option<String>,
+    },
+    /// Lists clusters with their sizes.
+    List,
+}
+
+/// `lbfleet host ...`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Registers an LB host.
+    Add {
+        host: String,
+        #[arg(long)]
+        cluster: String,
+        /// Overrides the cluster's HAProxy container name on this host.
+        #[arg(long)]
+        haproxy_container: Option<String>,
+        /// How the host is reached (informational; default: its id).
+        #[arg(long)]
+        address: Option<String>,
+    },
+}
+
+/// `lbfleet shard ...`
+#[derive(Debug, Subcommand)]
+pub enum ShardCommand {
+    /// Creates a shard; its LB backend is shard-NAME.
+    Create {
+        name: String,
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
+/// `lbfleet node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Adds a backend server to a shard.
+    Add {
+        name: String,
+        #[arg(long)]
+        shard: String,
+        #[arg(long)]
+        host: String,
+        /// ADDR:PORT HAProxy connects to.
+        #[arg(long)]
+        address: String,
+        /// The node's container name.
+        #[arg(long)]
+        container: Option<String>,
+    },
+    /// Removes a backend server.
+    Remove { name: String },
+}
+
+/// `lbfleet lb ...`
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// The map each LB host should hold.
+    Show {
+        /// Defaults to the only cluster, if there is one.
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+    },
+}

@@ -1,0 +1,125 @@
+//! Runs the CLI's client commands and prints their results as text or JSON.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lbfleet_proto::pb;
+use lbfleet_proto::pb::command::Kind;
+use lbfleet_proto::tls::TlsDir;
+
+use super::cli::ClusterCommand;
+use super::cli::Command;
+use super::cli::GlobalArgs;
+use super::cli::HostCommand;
+use super::cli::LbCommand;
+use super::cli::MembersCommand;
+use super::cli::NodeCommand;
+use super::cli::ShardCommand;
+use super::client::Client;
+use super::import;
+use super::output;
+
+/// Where the CLI looks for certificates when no directory is given.
+pub const DEFAULT_TLS_DIR: &str = ".lbfleet/tls";
+
+/// Runs one client command against the coordinator group.
+pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    let tls_dir = TlsDir::new(global.tls_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_DIR)));
+    let timeout = Duration::from_secs_f64(global.timeout.max(0.1));
+    let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout).await?;
+    let json = global.json;
+    match command {
+        Command::Cluster(ClusterCommand::Create { name, haproxy_container }) => {
+            let kind = Kind::CreateCluster(pb::CreateCluster { name, haproxy_container: haproxy_container.unwrap_or_default() });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Cluster(ClusterCommand::List) => output::cluster_list(json, &client.clusters().await?),
+        Command::Host(HostCommand::Add { host, cluster, haproxy_container, address }) => {
+            let kind = Kind::AddHost(pb::AddHost {
+                address: address.unwrap_or_else(|| host.clone()),
+                id: host,
+                cluster,
+                haproxy_container: haproxy_container.unwrap_or_default(),
+            });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Shard(ShardCommand::Create { name, cluster }) => {
+            output::write_reply(json, &client.write(Kind::CreateShard(pb::CreateShard { name, cluster })).await?);
+        }
+        Command::Node(NodeCommand::Add { name, shard, host, address, container }) => {
+            let kind =
+                Kind::AddNode(pb::AddNode { name, shard, host, address, container: container.unwrap_or_default() });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Node(NodeCommand::Remove { name }) => {
+            output::write_reply(json, &client.write(Kind::RemoveNode(pb::RemoveNode { name })).await?);
+        }
+        Command::Bind { fqdn, shard, cluster } => {
+            let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
+            let kind = Kind::Bind(pb::Bind { fqdn, shard, cluster: cluster.unwrap_or_default() });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Unbind { fqdn, cluster } => {
+            let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
+            let kind = Kind::Unbind(pb::Unbind { fqdn, cluster: cluster.unwrap_or_default() });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Import { file, cluster, batch_size } => {
+            let report = import::run(&client, &file, &cluster, batch_size.max(1)).await?;
+            output::import_report(json, &file, &report);
+        }
+        Command::Lb(LbCommand::Show { cluster, host }) => {
+            let cluster = match cluster {
+                Some(cluster) => cluster,
+                None => only_cluster(&client).await?,
+            };
+            output::lb_show(json, &client.cluster(&cluster, host.as_deref()).await?);
+        }
+        Command::Status => output::status(json, &client.status().await?, &status_of_members(&client, timeout).await),
+        Command::Members { change: None } => output::members(json, &client.status().await?),
+        Command::Members { change: Some(MembersCommand::Add { member }) } => {
+            let members = crate::daemon::config::parse_members(vec![member])?;
+            let (id, address) = members.into_iter().next().ok_or_else(|| anyhow::anyhow!("expected ID=ADDR"))?;
+            let change = pb::change_membership_request::Change::Add(pb::MemberAddress { id, address });
+            output::members(json, &client.change_membership(change).await?);
+        }
+        Command::Members { change: Some(MembersCommand::Remove { id }) } => {
+            let change = pb::change_membership_request::Change::Remove(id);
+            output::members(json, &client.change_membership(change).await?);
+        }
+        Command::Pki(_) | Command::Coordinator(_) => unreachable!("local commands are handled before connecting"),
+    }
+    Ok(())
+}
+
+/// The cluster `lb show` means when none is named: the only one there is.
+async fn only_cluster(client: &Client) -> anyhow::Result<String> {
+    let list = client.clusters().await?;
+    match list.clusters.as_slice() {
+        [one] => Ok(one.name.clone()),
+        [] => anyhow::bail!("no cluster exists yet; create one with `lbfleet cluster create NAME`"),
+        several => {
+            let names: Vec<&str> = several.iter().map(|c| c.name.as_str()).collect();
+            anyhow::bail!("several clusters exist ({}); name one with --cluster", names.join(", "))
+        }
+    }
+}
+
+/// Each member's own view (term, indexes), or why it did not answer.
+async fn status_of_members(client: &Client, timeout: Duration) -> Vec<(u64, Result<pb::StatusReply, String>)> {
+    let Ok(status) = client.status().await else {
+        return Vec::new();
+    };
+    let mut views = Vec::new();
+    for member in &status.members {
+        let view = Client::first_reachable(std::slice::from_ref(&member.address), client.tls(), timeout)
+            .await
+            .map_err(|e| e.to_string());
+        let view = match view {
+            Ok(peer) => peer.status().await.map_err(|e| e.to_string()),
+            Err(error) => Err(error),
+        };
+        views.push((member.id, view));
+    }
+    views
+}
