@@ -47,18 +47,28 @@ enum Route {
 impl AdminService {
     /// Serves the node whose Raft handle and applied state are given.
     pub fn new(raft: Raft, shared: Arc<SharedState>, forwarder: Forwarder, committed: Arc<AtomicU64>) -> AdminService {
-        AdminService { raft, shared, forwarder, committed }
+        AdminService {
+            raft,
+            shared,
+            forwarder,
+            committed,
+        }
     }
 
     /// Serves here on the leader, or names the leader's channel; a forwarded request never hops twice.
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
         let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader.ok_or_else(|| Status::unavailable(format!("no Raft leader elected yet{RETRY_HINT}")))?;
+        let leader = metrics
+            .current_leader
+            .ok_or_else(|| Status::unavailable(format!("no Raft leader elected yet{RETRY_HINT}")))?;
         if leader == metrics.id {
             return Ok(Route::Here);
         }
         if request.metadata().contains_key(FORWARDED) {
-            return Err(Status::unavailable(format!("node {} is not the leader any more{RETRY_HINT}", metrics.id)));
+            return Err(Status::unavailable(format!(
+                "node {} is not the leader any more{RETRY_HINT}",
+                metrics.id
+            )));
         }
         let node = metrics
             .membership_config
@@ -70,7 +80,10 @@ impl AdminService {
 
     /// Waits until this leader may serve reads that reflect every acknowledged write.
     async fn linearizable(&self) -> Result<(), Status> {
-        self.raft.ensure_linearizable().await.map_err(|e| Status::unavailable(format!("read barrier failed: {e}")))?;
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| Status::unavailable(format!("read barrier failed: {e}")))?;
         Ok(())
     }
 }
@@ -78,7 +91,9 @@ impl AdminService {
 /// Wraps a message for a forwarded call.
 fn forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     request
 }
 
@@ -102,9 +117,9 @@ impl pb::admin_server::Admin for AdminService {
                 let response = written.data.map_err(convert::state_error_to_status)?;
                 Ok(Response::new(convert::write_reply(version, &response)))
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Status::unavailable(format!("leadership changed while writing{RETRY_HINT}")))
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(format!(
+                "leadership changed while writing{RETRY_HINT}"
+            ))),
             Err(error) => Err(Status::unavailable(format!("write not committed: {error}"))),
         }
     }
@@ -124,8 +139,11 @@ impl pb::admin_server::Admin for AdminService {
             .ok_or_else(|| Status::not_found(format!("cluster {:?} not found", request.cluster)))?;
         let host = (!request.host.is_empty()).then_some(request.host.as_str());
         if let Some(host) = host {
-            if !applied.state.hosts.get(host).is_some_and(|h| h.cluster == cluster.name) {
-                return Err(Status::not_found(format!("host {host:?} not found in cluster {:?}", cluster.name)));
+            if applied.state.hosts.get(host).is_none_or(|h| h.cluster != cluster.name) {
+                return Err(Status::not_found(format!(
+                    "host {host:?} not found in cluster {:?}",
+                    cluster.name
+                )));
             }
         }
         Ok(Response::new(convert::cluster_view(&applied, cluster, host)))
@@ -141,8 +159,16 @@ impl pb::admin_server::Admin for AdminService {
         }
         self.linearizable().await?;
         let applied = self.shared.read();
-        let clusters = applied.state.clusters.values().map(|c| convert::cluster_summary(&applied, c)).collect();
-        Ok(Response::new(pb::ClusterList { version: applied.version(), clusters }))
+        let clusters = applied
+            .state
+            .clusters
+            .values()
+            .map(|c| convert::cluster_summary(&applied, c))
+            .collect();
+        Ok(Response::new(pb::ClusterList {
+            version: applied.version(),
+            clusters,
+        }))
     }
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
@@ -158,16 +184,32 @@ impl pb::admin_server::Admin for AdminService {
         if let Route::Leader(channel) = self.route(&request)? {
             return client(channel).change_membership(forwarded(request.into_inner())).await;
         }
-        let change = request.into_inner().change.ok_or_else(|| Status::invalid_argument("no membership change given"))?;
-        let mut voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let change = request
+            .into_inner()
+            .change
+            .ok_or_else(|| Status::invalid_argument("no membership change given"))?;
+        let mut voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         let failed = |e: &dyn std::fmt::Display| Status::failed_precondition(format!("membership change failed: {e}"));
         match change {
             Change::Add(member) => {
                 if member.address.is_empty() || member.address.chars().any(char::is_whitespace) {
-                    return Err(Status::invalid_argument(format!("invalid member address {:?}", member.address)));
+                    return Err(Status::invalid_argument(format!(
+                        "invalid member address {:?}",
+                        member.address
+                    )));
                 }
                 // Catch up as a learner first, so the new voter does not stall commits.
-                self.raft.add_learner(member.id, Node::new(member.address), true).await.map_err(|e| failed(&e))?;
+                self.raft
+                    .add_learner(member.id, Node::new(member.address), true)
+                    .await
+                    .map_err(|e| failed(&e))?;
                 voters.insert(member.id);
             }
             Change::Remove(id) => {
@@ -179,7 +221,10 @@ impl pb::admin_server::Admin for AdminService {
                 }
             }
         }
-        self.raft.change_membership(voters, false).await.map_err(|e| failed(&e))?;
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| failed(&e))?;
         Ok(Response::new(self.status_reply()))
     }
 }

@@ -20,7 +20,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Coordinator gRPC addresses, comma-separated; any node will do.
-    #[arg(long, env = "LBFLEET_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    #[arg(
+        long,
+        env = "LBFLEET_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
     pub endpoints: Vec<String>,
     /// Directory with ca.pem and this process's certificate (see `lbfleet pki init`) [default: .lbfleet/tls].
     #[arg(long, env = "LBFLEET_TLS_DIR", global = true)]

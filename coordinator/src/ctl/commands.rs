@@ -29,12 +29,23 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout).await?;
     let json = global.json;
     match command {
-        Command::Cluster(ClusterCommand::Create { name, haproxy_container }) => {
-            let kind = Kind::CreateCluster(pb::CreateCluster { name, haproxy_container: haproxy_container.unwrap_or_default() });
+        Command::Cluster(ClusterCommand::Create {
+            name,
+            haproxy_container,
+        }) => {
+            let kind = Kind::CreateCluster(pb::CreateCluster {
+                name,
+                haproxy_container: haproxy_container.unwrap_or_default(),
+            });
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Cluster(ClusterCommand::List) => output::cluster_list(json, &client.clusters().await?),
-        Command::Host(HostCommand::Add { host, cluster, haproxy_container, address }) => {
+        Command::Host(HostCommand::Add {
+            host,
+            cluster,
+            haproxy_container,
+            address,
+        }) => {
             let kind = Kind::AddHost(pb::AddHost {
                 address: address.unwrap_or_else(|| host.clone()),
                 id: host,
@@ -44,11 +55,27 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Shard(ShardCommand::Create { name, cluster }) => {
-            output::write_reply(json, &client.write(Kind::CreateShard(pb::CreateShard { name, cluster })).await?);
+            output::write_reply(
+                json,
+                &client
+                    .write(Kind::CreateShard(pb::CreateShard { name, cluster }))
+                    .await?,
+            );
         }
-        Command::Node(NodeCommand::Add { name, shard, host, address, container }) => {
-            let kind =
-                Kind::AddNode(pb::AddNode { name, shard, host, address, container: container.unwrap_or_default() });
+        Command::Node(NodeCommand::Add {
+            name,
+            shard,
+            host,
+            address,
+            container,
+        }) => {
+            let kind = Kind::AddNode(pb::AddNode {
+                name,
+                shard,
+                host,
+                address,
+                container: container.unwrap_or_default(),
+            });
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Node(NodeCommand::Remove { name }) => {
@@ -56,15 +83,26 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Bind { fqdn, shard, cluster } => {
             let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
-            let kind = Kind::Bind(pb::Bind { fqdn, shard, cluster: cluster.unwrap_or_default() });
+            let kind = Kind::Bind(pb::Bind {
+                fqdn,
+                shard,
+                cluster: cluster.unwrap_or_default(),
+            });
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Unbind { fqdn, cluster } => {
             let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
-            let kind = Kind::Unbind(pb::Unbind { fqdn, cluster: cluster.unwrap_or_default() });
+            let kind = Kind::Unbind(pb::Unbind {
+                fqdn,
+                cluster: cluster.unwrap_or_default(),
+            });
             output::write_reply(json, &client.write(kind).await?);
         }
-        Command::Import { file, cluster, batch_size } => {
+        Command::Import {
+            file,
+            cluster,
+            batch_size,
+        } => {
             let report = import::run(&client, &file, &cluster, batch_size.max(1)).await?;
             output::import_report(json, &file, &report);
         }
@@ -75,15 +113,26 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             };
             output::lb_show(json, &client.cluster(&cluster, host.as_deref()).await?);
         }
-        Command::Status => output::status(json, &client.status().await?, &status_of_members(&client, timeout).await),
+        Command::Status => output::status(
+            json,
+            &client.status().await?,
+            &status_of_members(&client, timeout).await,
+        ),
         Command::Members { change: None } => output::members(json, &client.status().await?),
-        Command::Members { change: Some(MembersCommand::Add { member }) } => {
+        Command::Members {
+            change: Some(MembersCommand::Add { member }),
+        } => {
             let members = crate::daemon::config::parse_members(vec![member])?;
-            let (id, address) = members.into_iter().next().ok_or_else(|| anyhow::anyhow!("expected ID=ADDR"))?;
+            let (id, address) = members
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("expected ID=ADDR"))?;
             let change = pb::change_membership_request::Change::Add(pb::MemberAddress { id, address });
             output::members(json, &client.change_membership(change).await?);
         }
-        Command::Members { change: Some(MembersCommand::Remove { id }) } => {
+        Command::Members {
+            change: Some(MembersCommand::Remove { id }),
+        } => {
             let change = pb::change_membership_request::Change::Remove(id);
             output::members(json, &client.change_membership(change).await?);
         }

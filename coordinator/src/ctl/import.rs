@@ -48,7 +48,11 @@ pub fn parse_map(text: &str) -> ParsedMap {
             continue;
         }
         let mut skip = |reason: String| {
-            parsed.skipped.push(SkippedEntry { line: Some(line_no), entry: line.to_string(), reason });
+            parsed.skipped.push(SkippedEntry {
+                line: Some(line_no),
+                entry: line.to_string(),
+                reason,
+            });
         };
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [fqdn, backend] = fields.as_slice() else {
@@ -71,7 +75,10 @@ pub fn parse_map(text: &str) -> ParsedMap {
             continue;
         }
         first_seen.insert(fqdn.clone(), line_no);
-        parsed.entries.push(pb::BindEntry { fqdn, shard: shard.to_string() });
+        parsed.entries.push(pb::BindEntry {
+            fqdn,
+            shard: shard.to_string(),
+        });
     }
     parsed
 }
@@ -80,14 +87,20 @@ pub fn parse_map(text: &str) -> ParsedMap {
 pub async fn run(client: &Client, file: &Path, cluster: &str, batch_size: usize) -> anyhow::Result<ImportReport> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let parsed = parse_map(&text);
-    let mut report = ImportReport { skipped: parsed.skipped, ..ImportReport::default() };
+    let mut report = ImportReport {
+        skipped: parsed.skipped,
+        ..ImportReport::default()
+    };
     let progress = ProgressBar::new(parsed.entries.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} bindings ({per_sec}, eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     for chunk in parsed.entries.chunks(batch_size) {
-        let batch = pb::BindBatch { cluster: cluster.to_string(), entries: chunk.to_vec() };
+        let batch = pb::BindBatch {
+            cluster: cluster.to_string(),
+            entries: chunk.to_vec(),
+        };
         let reply = client.write(pb::command::Kind::BindBatch(batch)).await?;
         report.batches += 1;
         report.version = reply.version;
@@ -95,9 +108,11 @@ pub async fn run(client: &Client, file: &Path, cluster: &str, batch_size: usize)
             report.added += summary.added;
             report.moved += summary.moved;
             report.unchanged += summary.unchanged;
-            report.skipped.extend(
-                summary.skipped.into_iter().map(|s| SkippedEntry { line: None, entry: s.fqdn, reason: s.reason }),
-            );
+            report.skipped.extend(summary.skipped.into_iter().map(|s| SkippedEntry {
+                line: None,
+                entry: s.fqdn,
+                reason: s.reason,
+            }));
         }
         progress.inc(chunk.len() as u64);
     }
@@ -111,7 +126,8 @@ mod tests {
 
     #[test]
     fn parses_entries_and_explains_skips() {
-        let text = "# comment\n\nexample.com shard-web-1\nWWW.Example.com. shard-web-2\nbad host shard-x\nnoshard.com web-1\n\
+        let text =
+            "# comment\n\nexample.com shard-web-1\nWWW.Example.com. shard-web-2\nbad host shard-x\nnoshard.com web-1\n\
                     example.com shard-web-2\none-field\nfoo.com shard-\n";
         let parsed = parse_map(text);
         let fqdns: Vec<&str> = parsed.entries.iter().map(|e| e.fqdn.as_str()).collect();

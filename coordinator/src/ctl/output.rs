@@ -9,13 +9,18 @@ use serde_json::Value;
 use super::import::ImportReport;
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
 }
 
 /// A committed write: the operator's line and the version that carries it.
 pub fn write_reply(json: bool, reply: &pb::WriteReply) {
     if json {
-        print_json(&json!({"version": reply.version, "message": reply.message, "batch": reply.batch.as_ref().map(batch_json)}));
+        print_json(
+            &json!({"version": reply.version, "message": reply.message, "batch": reply.batch.as_ref().map(batch_json)}),
+        );
     } else {
         println!("{} (version {})", reply.message, reply.version);
     }
@@ -40,9 +45,15 @@ pub fn cluster_list(json: bool, list: &pb::ClusterList) {
             .collect();
         return print_json(&json!({"version": list.version, "clusters": clusters}));
     }
-    println!("{:<24} {:>6} {:>6} {:>6} {:>10}", "CLUSTER", "HOSTS", "SHARDS", "NODES", "BINDINGS");
+    println!(
+        "{:<24} {:>6} {:>6} {:>6} {:>10}",
+        "CLUSTER", "HOSTS", "SHARDS", "NODES", "BINDINGS"
+    );
     for c in &list.clusters {
-        println!("{:<24} {:>6} {:>6} {:>6} {:>10}", c.name, c.hosts, c.shards, c.nodes, c.bindings);
+        println!(
+            "{:<24} {:>6} {:>6} {:>6} {:>10}",
+            c.name, c.hosts, c.shards, c.nodes, c.bindings
+        );
     }
 }
 
@@ -61,14 +72,26 @@ pub fn lb_show(json: bool, view: &pb::ClusterView) {
             "desired_map": view.bindings.iter().map(|b| json!({"fqdn": b.fqdn, "backend": backend(&b.shard)})).collect::<Vec<_>>(),
         }));
     }
-    println!("cluster {} at version {} (map {})", view.name, view.version, view.map_path);
+    println!(
+        "cluster {} at version {} (map {})",
+        view.name, view.version, view.map_path
+    );
     for host in &view.hosts {
         println!("  host {:<20} container {}", host.id, host.haproxy_container);
     }
     for shard in &view.shards {
-        let nodes: Vec<&str> =
-            view.nodes.iter().filter(|n| n.shard == shard.name).map(|n| n.name.as_str()).collect();
-        println!("  shard {:<19} backend {:<20} nodes {}", shard.name, shard.lb_backend, nodes.join(", "));
+        let nodes: Vec<&str> = view
+            .nodes
+            .iter()
+            .filter(|n| n.shard == shard.name)
+            .map(|n| n.name.as_str())
+            .collect();
+        println!(
+            "  shard {:<19} backend {:<20} nodes {}",
+            shard.name,
+            shard.lb_backend,
+            nodes.join(", ")
+        );
     }
     println!("desired map ({} entries):", view.bindings.len());
     for binding in &view.bindings {
@@ -95,10 +118,16 @@ pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::
         }));
     }
     match status.has_leader {
-        true => println!("leader: node {} at {} (term {})", status.current_leader, status.leader_address, status.term),
+        true => println!(
+            "leader: node {} at {} (term {})",
+            status.current_leader, status.leader_address, status.term
+        ),
         false => println!("leader: none (term {})", status.term),
     }
-    println!("{:<6} {:<22} {:<10} {:>6} {:>10} {:>10} {:>10}", "NODE", "ADDRESS", "STATE", "TERM", "LAST LOG", "COMMITTED", "APPLIED");
+    println!(
+        "{:<6} {:<22} {:<10} {:>6} {:>10} {:>10} {:>10}",
+        "NODE", "ADDRESS", "STATE", "TERM", "LAST LOG", "COMMITTED", "APPLIED"
+    );
     for member in &status.members {
         let view = members.iter().find(|(id, _)| *id == member.id).map(|(_, v)| v);
         match view {
@@ -118,9 +147,11 @@ pub fn members(json: bool, status: &pb::StatusReply) {
         let members: Vec<Value> = status
             .members
             .iter()
-            .map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter,
+            .map(|m| {
+                json!({"id": m.id, "address": m.address, "voter": m.voter,
                 "leader": status.has_leader && m.id == status.current_leader,
-                "matched_index": m.has_matched.then_some(m.matched_index)}))
+                "matched_index": m.has_matched.then_some(m.matched_index)})
+            })
             .collect();
         return print_json(&json!({"members": members}));
     }
@@ -131,7 +162,11 @@ pub fn members(json: bool, status: &pb::StatusReply) {
             (true, false) => "voter",
             (false, false) => "learner",
         };
-        let matched = if m.has_matched { m.matched_index.to_string() } else { "-".to_string() };
+        let matched = if m.has_matched {
+            m.matched_index.to_string()
+        } else {
+            "-".to_string()
+        };
         println!("{:<6} {:<22} {:<8} {:>8}", m.id, m.address, role, matched);
     }
 }
@@ -139,8 +174,11 @@ pub fn members(json: bool, status: &pb::StatusReply) {
 /// `import`: what was added, moved, unchanged and skipped, with the reasons.
 pub fn import_report(json: bool, file: &Path, report: &ImportReport) {
     if json {
-        let skipped: Vec<Value> =
-            report.skipped.iter().map(|s| json!({"line": s.line, "entry": s.entry, "reason": s.reason})).collect();
+        let skipped: Vec<Value> = report
+            .skipped
+            .iter()
+            .map(|s| json!({"line": s.line, "entry": s.entry, "reason": s.reason}))
+            .collect();
         return print_json(&json!({
             "file": file.display().to_string(), "version": report.version, "batches": report.batches,
             "added": report.added, "moved": report.moved, "unchanged": report.unchanged, "skipped": skipped,

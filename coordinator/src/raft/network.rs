@@ -63,7 +63,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         });
-        Connection { target, client: client.map_err(|e| e.to_string()) }
+        Connection {
+            target,
+            client: client.map_err(|e| e.to_string()),
+        }
     }
 }
 

@@ -26,7 +26,8 @@ impl RaftService {
 
 fn decode<T: serde::de::DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
     authorize(&request, &[Role::Coordinator])?;
-    codec::decode(&request.into_inner().data).map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+    codec::decode(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
 }
 
 fn reply<T: Serialize>(result: &T) -> Result<Response<RaftPayload>, Status> {

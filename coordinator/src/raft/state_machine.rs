@@ -88,10 +88,15 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the snapshot tree in `db` and restores the last snapshot, if any.
     pub fn open(db: &sled::Db) -> Result<StateMachineStore, StorageError> {
-        let snapshots = db.open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        let snapshots = db
+            .open_tree("snapshots")
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         let (version, _) = watch::channel(0);
         let store = StateMachineStore {
-            shared: Arc::new(SharedState { applied: RwLock::new(Applied::default()), version }),
+            shared: Arc::new(SharedState {
+                applied: RwLock::new(Applied::default()),
+                version,
+            }),
             db: db.clone(),
             snapshots,
         };
@@ -108,18 +113,28 @@ impl StateMachineStore {
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let subject = ErrorSubject::Snapshot(None);
-        let Some(bytes) = self.snapshots.get(CURRENT_SNAPSHOT).map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))?
+        let Some(bytes) = self
+            .snapshots
+            .get(CURRENT_SNAPSHOT)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))?
         else {
             return Ok(None);
         };
-        codec::decode(&bytes).map(Some).map_err(|e| io_error(subject, ErrorVerb::Read, &e))
+        codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| io_error(subject, ErrorVerb::Read, &e))
     }
 
     async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(snapshot.meta.signature()));
         let bytes = codec::encode(snapshot).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
-        self.snapshots.insert(CURRENT_SNAPSHOT, bytes).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
-        self.db.flush_async().await.map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
+        self.snapshots
+            .insert(CURRENT_SNAPSHOT, bytes)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
         Ok(())
     }
 
@@ -147,13 +162,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 Some(id) => format!("{}-{}", id.leader_id, id.index),
                 None => "empty".to_string(),
             };
-            let meta =
-                SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id,
+            };
             (meta, data)
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         self.save_snapshot(&stored).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
@@ -204,14 +228,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
         self.restore(&stored)?;
         self.save_snapshot(&stored).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .stored_snapshot()?
-            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(self.stored_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
     }
 }

@@ -14,7 +14,9 @@ pub fn object_name(field: &str, value: &str) -> Result<(), StateError> {
 
 /// Checks a Docker container name: 1-128 of `[a-zA-Z0-9._-]`, starting alphanumeric.
 pub fn container_name(field: &str, value: &str) -> Result<(), StateError> {
-    check_chars(field, value, 128, |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    check_chars(field, value, 128, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+    })
 }
 
 /// Checks a `host:port` server address; the host is a DNS name or an IPv4 address (IPv6 in brackets).
@@ -25,7 +27,9 @@ pub fn server_address(field: &str, value: &str) -> Result<(), StateError> {
         reason: reason.to_string(),
     };
     let (host, port) = value.rsplit_once(':').ok_or_else(|| invalid("expected HOST:PORT"))?;
-    let port: u16 = port.parse().map_err(|_| invalid("the port must be a number from 1 to 65535"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("the port must be a number from 1 to 65535"))?;
     if port == 0 {
         return Err(invalid("the port must be a number from 1 to 65535"));
     }
@@ -38,7 +42,10 @@ pub fn server_address(field: &str, value: &str) -> Result<(), StateError> {
     if host.is_empty() || host.len() > 253 {
         return Err(invalid("the host part must be 1 to 253 characters"));
     }
-    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
         return Err(invalid("the host part may only hold letters, digits, '-', '_' and '.'"));
     }
     Ok(())
