@@ -4,6 +4,7 @@
 // tonic::Status is the error of every gRPC handler and helper; boxing it everywhere buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod agents;
 pub mod api;
 pub mod ctl;
 pub mod daemon;

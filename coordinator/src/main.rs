@@ -30,12 +30,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Pki(PkiCommand::Init {
-            dir,
-            coordinator,
-            agent,
-            admin,
-        }) => pki_init(&dir, &coordinator, &agent, &admin),
+        Command::Pki(PkiCommand::Init { dir, coordinator, agent, admin }) => {
+            pki_init(&dir, &coordinator, &agent, &admin)
+        }
         Command::Coordinator(CoordinatorCommand::Run(args)) => {
             let config = match run_config(args, cli.global.tls_dir.clone()) {
                 Ok(config) => config,
@@ -86,11 +83,7 @@ fn pki_init(
     admins: &[String],
 ) -> anyhow::Result<()> {
     let mut identities = Vec::new();
-    for (role, names) in [
-        (Role::Coordinator, coordinators),
-        (Role::Agent, agents),
-        (Role::Admin, admins),
-    ] {
+    for (role, names) in [(Role::Coordinator, coordinators), (Role::Agent, agents), (Role::Admin, admins)] {
         for name in names {
             identities.push(Identity::new(role, name)?);
         }
@@ -106,9 +99,7 @@ fn pki_init(
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LBFLEET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("LBFLEET_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

@@ -68,18 +68,8 @@ pub fn init(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError
         match (exists(&cert)?, exists(&key)?) {
             (true, true) => present.push(*identity),
             (false, false) => missing.push(*identity),
-            (true, false) => {
-                return Err(PkiError::Incomplete {
-                    present: cert,
-                    missing: key,
-                })
-            }
-            (false, true) => {
-                return Err(PkiError::Incomplete {
-                    present: key,
-                    missing: cert,
-                })
-            }
+            (true, false) => return Err(PkiError::Incomplete { present: cert, missing: key }),
+            (false, true) => return Err(PkiError::Incomplete { present: key, missing: cert }),
         }
     }
 
@@ -88,27 +78,14 @@ pub fn init(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError
         (true, true) => false,
         (false, false) => {
             if let Some(identity) = present.first() {
-                return Err(PkiError::NoCa {
-                    dir: dir.to_path_buf(),
-                    cert: tls.cert_path(identity),
-                });
+                return Err(PkiError::NoCa { dir: dir.to_path_buf(), cert: tls.cert_path(identity) });
             }
             true
         }
         // A directory copied to a host without the CA key is fine as long as nothing is issued.
         (true, false) if missing.is_empty() => false,
-        (true, false) => {
-            return Err(PkiError::CaKeyMissing {
-                cert: ca_cert,
-                key: ca_key,
-            })
-        }
-        (false, true) => {
-            return Err(PkiError::CaCertMissing {
-                cert: ca_cert,
-                key: ca_key,
-            })
-        }
+        (true, false) => return Err(PkiError::CaKeyMissing { cert: ca_cert, key: ca_key }),
+        (false, true) => return Err(PkiError::CaCertMissing { cert: ca_cert, key: ca_key }),
     };
 
     for identity in &present {
@@ -134,12 +111,7 @@ pub fn init(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError
             let cert = leaf_params(identity)
                 .and_then(|params| params.signed_by(&key, &ca.cert, &ca.key))
                 .map_err(|source| generate_error(identity, source))?;
-            write_pair(
-                &tls.cert_path(identity),
-                &cert.pem(),
-                &tls.key_path(identity),
-                &key.serialize_pem(),
-            )?;
+            write_pair(&tls.cert_path(identity), &cert.pem(), &tls.key_path(identity), &key.serialize_pem())?;
         }
     }
 
@@ -216,19 +188,12 @@ struct Authority {
 }
 
 fn new_authority() -> Result<Authority, PkiError> {
-    let generate = |source| PkiError::Generate {
-        subject: CA_COMMON_NAME.to_string(),
-        source,
-    };
+    let generate = |source| PkiError::Generate { subject: CA_COMMON_NAME.to_string(), source };
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, CA_VALIDITY);
     let key = KeyPair::generate().map_err(generate)?;
     let cert = params.self_signed(&key).map_err(generate)?;
@@ -238,19 +203,13 @@ fn new_authority() -> Result<Authority, PkiError> {
 fn load_authority(cert_path: &Path, key_path: &Path) -> Result<Authority, PkiError> {
     let cert_pem = read_string(cert_path)?;
     let key = read_key(key_path)?;
-    let bad_ca = |reason: String| PkiError::BadCa {
-        path: cert_path.to_path_buf(),
-        reason,
-    };
+    let bad_ca = |reason: String| PkiError::BadCa { path: cert_path.to_path_buf(), reason };
     let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|error| bad_ca(error.to_string()))?;
     if !matches!(params.is_ca, IsCa::Ca(_)) {
         return Err(bad_ca("it is not a CA certificate".to_string()));
     }
     if public_key_of(cert_path, &cert_pem)? != key.public_key_der() {
-        return Err(PkiError::KeyMismatch {
-            cert: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
-        });
+        return Err(PkiError::KeyMismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() });
     }
     // Re-signing gives rcgen an issuer with the same subject and key identifier; it is never written out.
     let cert = params.self_signed(&key).map_err(|error| bad_ca(error.to_string()))?;
@@ -270,9 +229,7 @@ fn leaf_params(identity: &Identity) -> Result<CertificateParams, rcgen::Error> {
     };
     let mut params = CertificateParams::new(sans)?;
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, identity.common_name());
+    params.distinguished_name.push(DnType::CommonName, identity.common_name());
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match identity.role {
         // Coordinators also dial each other for Raft, so they are clients too.
@@ -297,9 +254,7 @@ fn is_dns_name(name: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     });
     labels_ok && name.chars().any(|c| c.is_ascii_lowercase())
 }
@@ -308,19 +263,14 @@ fn check_key_matches(cert_path: &Path, key_path: &Path) -> Result<(), PkiError> 
     let cert_pem = read_string(cert_path)?;
     let key = read_key(key_path)?;
     if public_key_of(cert_path, &cert_pem)? != key.public_key_der() {
-        return Err(PkiError::KeyMismatch {
-            cert: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
-        });
+        return Err(PkiError::KeyMismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() });
     }
     Ok(())
 }
 
 /// The DER SubjectPublicKeyInfo of the certificate in `pem`.
 fn public_key_of(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
-    let bad = || PkiError::BadCertificate {
-        path: path.to_path_buf(),
-    };
+    let bad = || PkiError::BadCertificate { path: path.to_path_buf() };
     let block = Pem::iter_from_buffer(pem.as_bytes())
         .map_while(Result::ok)
         .find(|block| block.label == "CERTIFICATE")
@@ -330,24 +280,15 @@ fn public_key_of(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
 }
 
 fn read_key(path: &Path) -> Result<KeyPair, PkiError> {
-    KeyPair::from_pem(&read_string(path)?).map_err(|source| PkiError::BadKey {
-        path: path.to_path_buf(),
-        source,
-    })
+    KeyPair::from_pem(&read_string(path)?).map_err(|source| PkiError::BadKey { path: path.to_path_buf(), source })
 }
 
 fn read_string(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| PkiError::Read { path: path.to_path_buf(), source })
 }
 
 fn exists(path: &Path) -> Result<bool, PkiError> {
-    path.try_exists().map_err(|source| PkiError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    path.try_exists().map_err(|source| PkiError::Read { path: path.to_path_buf(), source })
 }
 
 fn create_dir(dir: &Path) -> Result<(), PkiError> {
@@ -356,10 +297,7 @@ fn create_dir(dir: &Path) -> Result<(), PkiError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| PkiError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(|source| PkiError::CreateDir { path: dir.to_path_buf(), source })
 }
 
 /// Writes the key, then the certificate, so that a certificate on disk always has its key.
@@ -374,30 +312,17 @@ fn write_pair(cert_path: &Path, cert_pem: &str, key_path: &Path, key_pem: &str) 
 }
 
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    let write_error = |source| PkiError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let write_error = |source| PkiError::Write { path: path.to_path_buf(), source };
     // create_new: a file that appeared since the check is never overwritten.
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(write_error)?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|source| {
-            let _ = fs::remove_file(path);
-            write_error(source)
-        })
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(write_error)?;
+    file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).map_err(|source| {
+        let _ = fs::remove_file(path);
+        write_error(source)
+    })
 }
 
 fn generate_error(identity: &Identity, source: rcgen::Error) -> PkiError {
-    PkiError::Generate {
-        subject: identity.common_name(),
-        source,
-    }
+    PkiError::Generate { subject: identity.common_name(), source }
 }
 
 #[cfg(test)]
@@ -487,11 +412,7 @@ mod tests {
         more.push(id(Role::Agent, "lb-b"));
         more.push(id(Role::Agent, "lb-b"));
         let issued = init(dir.path(), &more).unwrap();
-        let created: Vec<_> = issued
-            .iter()
-            .filter(|i| i.created)
-            .map(|i| i.identity.clone())
-            .collect();
+        let created: Vec<_> = issued.iter().filter(|i| i.created).map(|i| i.identity.clone()).collect();
         assert_eq!(created, vec![id(Role::Agent, "lb-b")]);
         assert_eq!(issued.len(), 5, "duplicates are reported once");
         assert_eq!(fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
@@ -504,21 +425,12 @@ mod tests {
         let tls = TlsDir::new(dir.path());
         for issued in init(dir.path(), &fleet()).unwrap() {
             assert_eq!(issued.cert, tls.cert_path(&issued.identity));
-            assert_eq!(
-                Identity::from_cert_der(&cert_der(&issued.cert)).unwrap(),
-                issued.identity
-            );
+            assert_eq!(Identity::from_cert_der(&cert_der(&issued.cert)).unwrap(), issued.identity);
             tls.client_config(&issued.identity).unwrap();
-            let key_mode = fs::metadata(tls.key_path(&issued.identity))
-                .unwrap()
-                .permissions()
-                .mode();
+            let key_mode = fs::metadata(tls.key_path(&issued.identity)).unwrap().permissions().mode();
             assert_eq!(key_mode & 0o777, 0o600);
         }
-        assert_eq!(
-            fs::metadata(tls.ca_key_path()).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(tls.ca_key_path()).unwrap().permissions().mode() & 0o777, 0o600);
         tls.server_config(&id(Role::Coordinator, "1")).unwrap();
         assert_eq!(tls.admin_identity(None).unwrap(), id(Role::Admin, "ops"));
     }
@@ -528,10 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = TlsDir::new(dir.path());
         init(dir.path(), &fleet()).unwrap();
-        let loopback = [
-            "ip:[127, 0, 0, 1]",
-            "ip:[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]",
-        ];
+        let loopback = ["ip:[127, 0, 0, 1]", "ip:[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]"];
         let mut expected: Vec<String> = [SERVER_NAME, "localhost"].map(String::from).into();
         expected.extend(loopback.map(String::from));
         assert_eq!(sans(&tls.cert_path(&id(Role::Coordinator, "1"))), expected);
@@ -598,10 +507,7 @@ mod tests {
 
         fs::copy(tls.cert_path(&b), tls.cert_path(&a)).unwrap();
         let error = init(dir.path(), &fleet()).unwrap_err();
-        assert!(
-            matches!(error, PkiError::Existing(TlsError::WrongIdentity { .. })),
-            "{error}"
-        );
+        assert!(matches!(error, PkiError::Existing(TlsError::WrongIdentity { .. })), "{error}");
     }
 
     #[test]
@@ -703,9 +609,7 @@ mod tests {
                     .await
                     .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
                 let mut grpc = tonic::client::Grpc::new(channel);
-                grpc.ready()
-                    .await
-                    .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+                grpc.ready().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
                 let path = PathAndQuery::from_static(whoami::PATH);
                 grpc.unary(tonic::Request::new(()), path, ProstCodec::<(), String>::default())
                     .await
@@ -725,13 +629,8 @@ mod tests {
         assert_eq!(as_identity(id(Role::Admin, "late")).await.unwrap(), "admin:late");
 
         let ca = tonic::transport::Certificate::from_pem(fs::read(tls.ca_cert_path()).unwrap());
-        let anonymous = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(ca)
-            .domain_name(SERVER_NAME);
-        assert!(
-            call(anonymous).await.is_err(),
-            "a client without a certificate got through"
-        );
+        let anonymous = tonic::transport::ClientTlsConfig::new().ca_certificate(ca).domain_name(SERVER_NAME);
+        assert!(call(anonymous).await.is_err(), "a client without a certificate got through");
         server.abort();
     }
 }

@@ -68,10 +68,7 @@ impl Identity {
     /// An identity, once `name` is known to be 1-63 of `[a-z0-9._-]` starting with a letter or digit.
     pub fn new(role: Role, name: &str) -> Result<Identity, IdentityError> {
         validate_name(name)?;
-        Ok(Identity {
-            role,
-            name: name.to_string(),
-        })
+        Ok(Identity { role, name: name.to_string() })
     }
 
     /// The subject Common Name of this identity's certificate, e.g. `agent:lb-a`.
@@ -86,9 +83,7 @@ impl Identity {
 
     /// Reads a Common Name of the form `<role>:<name>`.
     pub fn parse(common_name: &str) -> Result<Identity, IdentityError> {
-        let malformed = || IdentityError::MalformedCommonName {
-            common_name: common_name.to_string(),
-        };
+        let malformed = || IdentityError::MalformedCommonName { common_name: common_name.to_string() };
         let (role, name) = common_name.split_once(':').ok_or_else(malformed)?;
         let role = role.parse::<Role>().map_err(|_| malformed())?;
         Identity::new(role, name)
@@ -96,9 +91,8 @@ impl Identity {
 
     /// The identity named by the subject Common Name of a DER certificate.
     pub fn from_cert_der(der: &[u8]) -> Result<Identity, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|error| IdentityError::BadCertificate {
-            reason: error.to_string(),
-        })?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|error| IdentityError::BadCertificate { reason: error.to_string() })?;
         let mut names = cert.subject().iter_common_name();
         let first = names.next().ok_or(IdentityError::NoCommonName)?;
         // Two CNs would let a certificate be read as two identities.
@@ -142,20 +136,14 @@ pub enum IdentityError {
 }
 
 fn validate_name(name: &str) -> Result<(), IdentityError> {
-    let invalid = |reason: String| IdentityError::InvalidName {
-        name: name.to_string(),
-        reason,
-    };
+    let invalid = |reason: String| IdentityError::InvalidName { name: name.to_string(), reason };
     if name.is_empty() || name.len() > NAME_MAX_LEN {
         return Err(invalid(format!("must be 1 to {NAME_MAX_LEN} characters")));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')))
+    if let Some(bad) =
+        name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(invalid(format!(
-            "character {bad:?} is not allowed (use a-z, 0-9, '-', '_', '.')"
-        )));
+        return Err(invalid(format!("character {bad:?} is not allowed (use a-z, 0-9, '-', '_', '.')")));
     }
     // Keeps names like `..` or `-x` out of file names and command lines.
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -172,9 +160,7 @@ pub fn peer_identity<T>(request: &Request<T>) -> Result<Identity, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("no client certificate: connect over mTLS with a certificate of the fleet CA")
     })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("the client sent an empty certificate chain"))?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("the client sent an empty certificate chain"))?;
     Identity::from_cert_der(leaf).map_err(|error| Status::unauthenticated(format!("client certificate: {error}")))
 }
 
@@ -193,10 +179,7 @@ fn denial(identity: &Identity, allowed: &[Role]) -> String {
         return format!("{identity} is not allowed to call this: no role is");
     }
     let roles: Vec<&str> = allowed.iter().map(|role| role.as_str()).collect();
-    format!(
-        "{identity} is not allowed to call this: it needs the role {}",
-        roles.join(" or ")
-    )
+    format!("{identity} is not allowed to call this: it needs the role {}", roles.join(" or "))
 }
 
 #[cfg(test)]
@@ -208,12 +191,7 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(role.to_string().parse::<Role>(), Ok(role));
         }
-        assert_eq!(
-            "root".parse::<Role>(),
-            Err(IdentityError::UnknownRole {
-                role: "root".to_string()
-            })
-        );
+        assert_eq!("root".parse::<Role>(), Err(IdentityError::UnknownRole { role: "root".to_string() }));
     }
 
     #[test]
@@ -242,19 +220,10 @@ mod tests {
     #[test]
     fn bad_common_names_are_rejected() {
         for cn in ["agent", "root:x", ":x", "agent lb-a"] {
-            assert!(
-                matches!(Identity::parse(cn), Err(IdentityError::MalformedCommonName { .. })),
-                "{cn:?} accepted"
-            );
+            assert!(matches!(Identity::parse(cn), Err(IdentityError::MalformedCommonName { .. })), "{cn:?} accepted");
         }
-        assert!(matches!(
-            Identity::parse("agent:"),
-            Err(IdentityError::InvalidName { .. })
-        ));
-        assert!(matches!(
-            Identity::parse("agent:a:b"),
-            Err(IdentityError::InvalidName { .. })
-        ));
+        assert!(matches!(Identity::parse("agent:"), Err(IdentityError::InvalidName { .. })));
+        assert!(matches!(Identity::parse("agent:a:b"), Err(IdentityError::InvalidName { .. })));
     }
 
     fn cert_with_names(common_names: &[&str]) -> Vec<u8> {
@@ -273,18 +242,12 @@ mod tests {
             Identity::from_cert_der(&cert_with_names(&["admin:ops"])),
             Ok(Identity::new(Role::Admin, "ops").unwrap())
         );
-        assert_eq!(
-            Identity::from_cert_der(&cert_with_names(&[])),
-            Err(IdentityError::NoCommonName)
-        );
+        assert_eq!(Identity::from_cert_der(&cert_with_names(&[])), Err(IdentityError::NoCommonName));
         assert!(matches!(
             Identity::from_cert_der(&cert_with_names(&["ops"])),
             Err(IdentityError::MalformedCommonName { .. })
         ));
-        assert!(matches!(
-            Identity::from_cert_der(b"not a certificate"),
-            Err(IdentityError::BadCertificate { .. })
-        ));
+        assert!(matches!(Identity::from_cert_der(b"not a certificate"), Err(IdentityError::BadCertificate { .. })));
     }
 
     #[test]
@@ -292,10 +255,7 @@ mod tests {
         let request = Request::new(());
         let status = peer_identity(&request).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert_eq!(
-            authorize(&request, &Role::ALL).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        assert_eq!(authorize(&request, &Role::ALL).unwrap_err().code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
@@ -305,9 +265,6 @@ mod tests {
             denial(&agent, &[Role::Coordinator, Role::Admin]),
             "agent:lb-a is not allowed to call this: it needs the role coordinator or admin"
         );
-        assert_eq!(
-            denial(&agent, &[]),
-            "agent:lb-a is not allowed to call this: no role is"
-        );
+        assert_eq!(denial(&agent, &[]), "agent:lb-a is not allowed to call this: no role is");
     }
 }

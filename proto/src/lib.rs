@@ -2,10 +2,12 @@
 //! domain types both ends need (FQDNs, names, certificate identities, TLS loading).
 #![forbid(unsafe_code)]
 
+pub mod digest;
 pub mod fqdn;
 pub mod identity;
 pub mod tls;
 
+pub use digest::MapDigest;
 pub use fqdn::Fqdn;
 pub use fqdn::FqdnError;
 pub use identity::Identity;

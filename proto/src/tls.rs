@@ -80,9 +80,7 @@ impl TlsDir {
     /// Server side of a coordinator: its own cert/key, and client certificates required, verified against ca.pem.
     pub fn server_config(&self, identity: &Identity) -> Result<ServerTlsConfig, TlsError> {
         if identity.role != Role::Coordinator {
-            return Err(TlsError::NotCoordinator {
-                identity: identity.clone(),
-            });
+            return Err(TlsError::NotCoordinator { identity: identity.clone() });
         }
         let loaded = self.load(identity)?;
         // Client authentication stays mandatory: tonic only relaxes it with client_auth_optional(true).
@@ -120,19 +118,14 @@ impl TlsDir {
         match names.len() {
             0 => Err(TlsError::NoAdmin { dir: self.path.clone() }),
             1 => Ok(Identity::new(Role::Admin, &names.remove(0))?),
-            _ => Err(TlsError::SeveralAdmins {
-                dir: self.path.clone(),
-                names,
-            }),
+            _ => Err(TlsError::SeveralAdmins { dir: self.path.clone(), names }),
         }
     }
 
     /// Names of the `admin-<name>.pem` files, sorted; files whose name is not valid are ignored.
     fn admin_names(&self) -> Result<Vec<String>, TlsError> {
         let entries = fs::read_dir(&self.path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => TlsError::Missing {
-                path: self.path.clone(),
-            },
+            io::ErrorKind::NotFound => TlsError::Missing { path: self.path.clone() },
             _ => read_error(&self.path, source),
         })?;
         let mut names = Vec::new();
@@ -173,22 +166,13 @@ impl TlsDir {
 
         let cert_der = pem_block(&cert_path, &cert_pem, PemKind::Certificate)?;
         let cert = parse_cert(&cert_path, &cert_der)?;
-        let found = Identity::from_cert_der(&cert_der).map_err(|source| TlsError::CertificateIdentity {
-            path: cert_path.clone(),
-            source,
-        })?;
+        let found = Identity::from_cert_der(&cert_der)
+            .map_err(|source| TlsError::CertificateIdentity { path: cert_path.clone(), source })?;
         if &found != identity {
-            return Err(TlsError::WrongIdentity {
-                path: cert_path,
-                expected: identity.clone(),
-                found,
-            });
+            return Err(TlsError::WrongIdentity { path: cert_path, expected: identity.clone(), found });
         }
         if !issued_by(&cert, &ca) {
-            return Err(TlsError::NotIssuedByCa {
-                path: cert_path,
-                ca: ca_path,
-            });
+            return Err(TlsError::NotIssuedByCa { path: cert_path, ca: ca_path });
         }
         if !cert.validity().is_valid() {
             return Err(TlsError::NotValidNow {
@@ -202,11 +186,7 @@ impl TlsDir {
         }
         pem_block(&key_path, &key_pem, PemKind::PrivateKey)?;
 
-        Ok(Loaded {
-            ca_pem,
-            cert_pem,
-            key_pem,
-        })
+        Ok(Loaded { ca_pem, cert_pem, key_pem })
     }
 }
 
@@ -233,11 +213,7 @@ pub enum TlsError {
     CertificateIdentity { path: PathBuf, source: IdentityError },
     /// A certificate file names another identity than its file name says.
     #[error("{} is the certificate of {found}, not {expected}: the file is misnamed", path.display())]
-    WrongIdentity {
-        path: PathBuf,
-        expected: Identity,
-        found: Identity,
-    },
+    WrongIdentity { path: PathBuf, expected: Identity, found: Identity },
     /// `ca.pem` is not a CA certificate.
     #[error("{} is not a CA certificate", path.display())]
     NotCa { path: PathBuf },
@@ -253,11 +229,7 @@ pub enum TlsError {
         "{} is valid only from {not_before} to {not_after}: remove it and rerun `lbfleet pki init`",
         path.display()
     )]
-    NotValidNow {
-        path: PathBuf,
-        not_before: String,
-        not_after: String,
-    },
+    NotValidNow { path: PathBuf, not_before: String, not_after: String },
     /// A coordinator certificate lacks the name clients verify.
     #[error(
         "{} lacks the DNS name {SERVER_NAME} that clients check: remove it and rerun `lbfleet pki init`",
@@ -302,17 +274,12 @@ impl PemKind {
 }
 
 fn read_error(path: &Path, source: io::Error) -> TlsError {
-    TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    }
+    TlsError::Read { path: path.to_path_buf(), source }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => TlsError::Missing {
-            path: path.to_path_buf(),
-        },
+        io::ErrorKind::NotFound => TlsError::Missing { path: path.to_path_buf() },
         _ => read_error(path, source),
     })
 }
@@ -323,19 +290,13 @@ fn pem_block(path: &Path, pem: &[u8], kind: PemKind) -> Result<Vec<u8>, TlsError
         .map_while(Result::ok)
         .find(|block| kind.matches(&block.label))
         .map(|block| block.contents)
-        .ok_or_else(|| TlsError::NotPem {
-            path: path.to_path_buf(),
-            expected: kind.describe(),
-        })
+        .ok_or_else(|| TlsError::NotPem { path: path.to_path_buf(), expected: kind.describe() })
 }
 
 fn parse_cert<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, TlsError> {
     X509Certificate::from_der(der)
         .map(|(_, cert)| cert)
-        .map_err(|error| TlsError::BadCertificate {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })
+        .map_err(|error| TlsError::BadCertificate { path: path.to_path_buf(), reason: error.to_string() })
 }
 
 /// Whether `cert` names `ca` as its issuer, by subject and, when both carry one, by key identifier.
@@ -389,10 +350,7 @@ mod tests {
 
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
+            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
             let path = std::env::temp_dir().join(format!("lbfleet-tls-{tag}-{}-{nanos}", std::process::id()));
             fs::create_dir_all(&path).unwrap();
             TempDir(path)
@@ -445,27 +403,15 @@ mod tests {
         let tls = TlsDir::new("/etc/lbfleet/tls");
         assert_eq!(tls.path(), Path::new("/etc/lbfleet/tls"));
         assert_eq!(tls.ca_cert_path(), Path::new("/etc/lbfleet/tls/ca.pem"));
-        assert_eq!(
-            tls.cert_path(&id(Role::Coordinator, "1")),
-            Path::new("/etc/lbfleet/tls/coordinator-1.pem")
-        );
-        assert_eq!(
-            tls.key_path(&id(Role::Agent, "lb-a")),
-            Path::new("/etc/lbfleet/tls/agent-lb-a.key")
-        );
+        assert_eq!(tls.cert_path(&id(Role::Coordinator, "1")), Path::new("/etc/lbfleet/tls/coordinator-1.pem"));
+        assert_eq!(tls.key_path(&id(Role::Agent, "lb-a")), Path::new("/etc/lbfleet/tls/agent-lb-a.key"));
     }
 
     #[test]
     fn good_files_give_configurations() {
         let dir = TempDir::new("good");
         let ca = ca(&dir.0, "test CA");
-        leaf(
-            &dir.0,
-            &ca,
-            "coordinator-1",
-            "coordinator:1",
-            &[SERVER_NAME, "127.0.0.1"],
-        );
+        leaf(&dir.0, &ca, "coordinator-1", "coordinator:1", &[SERVER_NAME, "127.0.0.1"]);
         leaf(&dir.0, &ca, "agent-lb-a", "agent:lb-a", &[]);
         let tls = TlsDir::new(&dir.0);
         tls.server_config(&id(Role::Coordinator, "1")).unwrap();
@@ -478,18 +424,12 @@ mod tests {
         let dir = TempDir::new("missing");
         let tls = TlsDir::new(&dir.0);
         let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
-        assert!(
-            matches!(&error, TlsError::Missing { path } if path.ends_with(CA_CERT_FILE)),
-            "{error}"
-        );
+        assert!(matches!(&error, TlsError::Missing { path } if path.ends_with(CA_CERT_FILE)), "{error}");
         assert!(error.to_string().contains("lbfleet pki init"), "{error}");
 
         ca(&dir.0, "test CA");
         let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
-        assert!(
-            matches!(&error, TlsError::Missing { path } if path.ends_with("agent-lb-a.pem")),
-            "{error}"
-        );
+        assert!(matches!(&error, TlsError::Missing { path } if path.ends_with("agent-lb-a.pem")), "{error}");
     }
 
     #[test]
@@ -502,9 +442,7 @@ mod tests {
             matches!(&error, TlsError::WrongIdentity { found, .. } if found == &id(Role::Agent, "lb-b")),
             "{error}"
         );
-        assert!(error
-            .to_string()
-            .contains("agent-lb-a.pem is the certificate of agent:lb-b, not agent:lb-a"));
+        assert!(error.to_string().contains("agent-lb-a.pem is the certificate of agent:lb-b, not agent:lb-a"));
     }
 
     #[test]
@@ -540,21 +478,8 @@ mod tests {
         let tls = TlsDir::new(&dir.0);
         fs::write(dir.0.join("agent-lb-a.key"), "not a key").unwrap();
         let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                TlsError::NotPem {
-                    expected: "private key",
-                    ..
-                }
-            ),
-            "{error}"
-        );
-        fs::write(
-            dir.0.join(CA_CERT_FILE),
-            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
+        assert!(matches!(error, TlsError::NotPem { expected: "private key", .. }), "{error}");
+        fs::write(dir.0.join(CA_CERT_FILE), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
         let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
         assert!(matches!(error, TlsError::BadCertificate { .. }), "{error}");
     }
@@ -574,18 +499,12 @@ mod tests {
         leaf(&dir.0, &ca, "admin-alice", "admin:alice", &[]);
         fs::write(dir.0.join("admin-Bad Name.pem"), "").unwrap();
         let error = tls.admin_identity(None).unwrap_err();
-        assert!(
-            matches!(&error, TlsError::SeveralAdmins { names, .. } if names == &["alice", "ops"]),
-            "{error}"
-        );
+        assert!(matches!(&error, TlsError::SeveralAdmins { names, .. } if names == &["alice", "ops"]), "{error}");
         assert!(error.to_string().contains("(alice, ops)"), "{error}");
         assert_eq!(tls.admin_identity(Some("alice")).unwrap(), id(Role::Admin, "alice"));
         let error = tls.admin_identity(Some("bob")).unwrap_err();
         assert!(matches!(error, TlsError::Missing { .. }), "{error}");
         let error = tls.admin_identity(Some("Bob")).unwrap_err();
-        assert!(
-            matches!(error, TlsError::Identity(IdentityError::InvalidName { .. })),
-            "{error}"
-        );
+        assert!(matches!(error, TlsError::Identity(IdentityError::InvalidName { .. })), "{error}");
     }
 }

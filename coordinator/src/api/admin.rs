@@ -18,6 +18,8 @@ use tonic::Status;
 
 use super::convert;
 use super::forward::Forwarder;
+use super::lb_state;
+use crate::agents::registry::AgentRegistry;
 use crate::raft::state_machine::SharedState;
 use crate::raft::Node;
 use crate::raft::NodeId;
@@ -36,6 +38,7 @@ pub struct AdminService {
     shared: Arc<SharedState>,
     forwarder: Forwarder,
     committed: Arc<AtomicU64>,
+    agents: Arc<AgentRegistry>,
 }
 
 /// Where a request that needs the leader is served.
@@ -46,13 +49,14 @@ enum Route {
 
 impl AdminService {
     /// Serves the node whose Raft handle and applied state are given.
-    pub fn new(raft: Raft, shared: Arc<SharedState>, forwarder: Forwarder, committed: Arc<AtomicU64>) -> AdminService {
-        AdminService {
-            raft,
-            shared,
-            forwarder,
-            committed,
-        }
+    pub fn new(
+        raft: Raft,
+        shared: Arc<SharedState>,
+        forwarder: Forwarder,
+        committed: Arc<AtomicU64>,
+        agents: Arc<AgentRegistry>,
+    ) -> AdminService {
+        AdminService { raft, shared, forwarder, committed, agents }
     }
 
     /// Serves here on the leader, or names the leader's channel; a forwarded request never hops twice.
@@ -65,10 +69,7 @@ impl AdminService {
             return Ok(Route::Here);
         }
         if request.metadata().contains_key(FORWARDED) {
-            return Err(Status::unavailable(format!(
-                "node {} is not the leader any more{RETRY_HINT}",
-                metrics.id
-            )));
+            return Err(Status::unavailable(format!("node {} is not the leader any more{RETRY_HINT}", metrics.id)));
         }
         let node = metrics
             .membership_config
@@ -80,10 +81,7 @@ impl AdminService {
 
     /// Waits until this leader may serve reads that reflect every acknowledged write.
     async fn linearizable(&self) -> Result<(), Status> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map_err(|e| Status::unavailable(format!("read barrier failed: {e}")))?;
+        self.raft.ensure_linearizable().await.map_err(|e| Status::unavailable(format!("read barrier failed: {e}")))?;
         Ok(())
     }
 }
@@ -91,9 +89,7 @@ impl AdminService {
 /// Wraps a message for a forwarded call.
 fn forwarded<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     request
 }
 
@@ -117,9 +113,9 @@ impl pb::admin_server::Admin for AdminService {
                 let response = written.data.map_err(convert::state_error_to_status)?;
                 Ok(Response::new(convert::write_reply(version, &response)))
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Status::unavailable(format!(
-                "leadership changed while writing{RETRY_HINT}"
-            ))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Status::unavailable(format!("leadership changed while writing{RETRY_HINT}")))
+            }
             Err(error) => Err(Status::unavailable(format!("write not committed: {error}"))),
         }
     }
@@ -131,22 +127,7 @@ impl pb::admin_server::Admin for AdminService {
         }
         self.linearizable().await?;
         let request = request.into_inner();
-        let applied = self.shared.read();
-        let cluster = applied
-            .state
-            .clusters
-            .get(&request.cluster)
-            .ok_or_else(|| Status::not_found(format!("cluster {:?} not found", request.cluster)))?;
-        let host = (!request.host.is_empty()).then_some(request.host.as_str());
-        if let Some(host) = host {
-            if applied.state.hosts.get(host).is_none_or(|h| h.cluster != cluster.name) {
-                return Err(Status::not_found(format!(
-                    "host {host:?} not found in cluster {:?}",
-                    cluster.name
-                )));
-            }
-        }
-        Ok(Response::new(convert::cluster_view(&applied, cluster, host)))
+        Ok(Response::new(self.cluster_view(&request.cluster, &request.host)?))
     }
 
     async fn list_clusters(
@@ -159,16 +140,8 @@ impl pb::admin_server::Admin for AdminService {
         }
         self.linearizable().await?;
         let applied = self.shared.read();
-        let clusters = applied
-            .state
-            .clusters
-            .values()
-            .map(|c| convert::cluster_summary(&applied, c))
-            .collect();
-        Ok(Response::new(pb::ClusterList {
-            version: applied.version(),
-            clusters,
-        }))
+        let clusters = applied.state.clusters.values().map(|c| convert::cluster_summary(&applied, c)).collect();
+        Ok(Response::new(pb::ClusterList { version: applied.version(), clusters }))
     }
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
@@ -184,32 +157,18 @@ impl pb::admin_server::Admin for AdminService {
         if let Route::Leader(channel) = self.route(&request)? {
             return client(channel).change_membership(forwarded(request.into_inner())).await;
         }
-        let change = request
-            .into_inner()
-            .change
-            .ok_or_else(|| Status::invalid_argument("no membership change given"))?;
-        let mut voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let change =
+            request.into_inner().change.ok_or_else(|| Status::invalid_argument("no membership change given"))?;
+        let mut voters: BTreeSet<NodeId> =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
         let failed = |e: &dyn std::fmt::Display| Status::failed_precondition(format!("membership change failed: {e}"));
         match change {
             Change::Add(member) => {
                 if member.address.is_empty() || member.address.chars().any(char::is_whitespace) {
-                    return Err(Status::invalid_argument(format!(
-                        "invalid member address {:?}",
-                        member.address
-                    )));
+                    return Err(Status::invalid_argument(format!("invalid member address {:?}", member.address)));
                 }
                 // Catch up as a learner first, so the new voter does not stall commits.
-                self.raft
-                    .add_learner(member.id, Node::new(member.address), true)
-                    .await
-                    .map_err(|e| failed(&e))?;
+                self.raft.add_learner(member.id, Node::new(member.address), true).await.map_err(|e| failed(&e))?;
                 voters.insert(member.id);
             }
             Change::Remove(id) => {
@@ -221,15 +180,62 @@ impl pb::admin_server::Admin for AdminService {
                 }
             }
         }
-        self.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| failed(&e))?;
+        self.raft.change_membership(voters, false).await.map_err(|e| failed(&e))?;
         Ok(Response::new(self.status_reply()))
+    }
+
+    async fn wait_applied(
+        &self,
+        request: Request<pb::WaitAppliedRequest>,
+    ) -> Result<Response<pb::WaitAppliedReply>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(channel) = self.route(&request)? {
+            return client(channel).wait_applied(forwarded(request.into_inner())).await;
+        }
+        let request = request.into_inner();
+        let hosts: Vec<String> = {
+            let applied = self.shared.read();
+            if !applied.state.clusters.contains_key(&request.cluster) {
+                return Err(Status::not_found(format!("cluster {:?} not found", request.cluster)));
+            }
+            applied.state.hosts.values().filter(|h| h.cluster == request.cluster).map(|h| h.id.clone()).collect()
+        };
+        let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(1, 600_000));
+        let (done, hosts) = self.agents.wait_acked(&hosts, request.version, timeout).await;
+        Ok(Response::new(pb::WaitAppliedReply { done, hosts }))
+    }
+
+    async fn lb_state(&self, request: Request<pb::LbStateRequest>) -> Result<Response<pb::LbStateReply>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(channel) = self.route(&request)? {
+            return client(channel).lb_state(forwarded(request.into_inner())).await;
+        }
+        self.linearizable().await?;
+        let request = request.into_inner();
+        let desired = self.cluster_view(&request.cluster, &request.host)?;
+        let hosts = lb_state::compare_hosts(&self.agents, &desired).await;
+        Ok(Response::new(pb::LbStateReply { desired: Some(desired), hosts }))
     }
 }
 
 impl AdminService {
+    /// The applied view of one cluster, optionally limited to one of its hosts.
+    fn cluster_view(&self, cluster: &str, host: &str) -> Result<pb::ClusterView, Status> {
+        let applied = self.shared.read();
+        let cluster = applied
+            .state
+            .clusters
+            .get(cluster)
+            .ok_or_else(|| Status::not_found(format!("cluster {cluster:?} not found")))?;
+        let host = (!host.is_empty()).then_some(host);
+        if let Some(host) = host {
+            if applied.state.hosts.get(host).is_none_or(|h| h.cluster != cluster.name) {
+                return Err(Status::not_found(format!("host {host:?} not found in cluster {:?}", cluster.name)));
+            }
+        }
+        Ok(convert::cluster_view(&applied, cluster, host))
+    }
+
     fn status_reply(&self) -> pb::StatusReply {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
@@ -248,11 +254,8 @@ impl AdminService {
                 }
             })
             .collect();
-        let leader_address = metrics
-            .current_leader
-            .and_then(|l| membership.get_node(&l))
-            .map(|n| n.addr.clone())
-            .unwrap_or_default();
+        let leader_address =
+            metrics.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
         pb::StatusReply {
             node_id: metrics.id,
             state: format!("{:?}", metrics.state),
@@ -264,6 +267,7 @@ impl AdminService {
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             members,
             leader_address,
+            agents: self.agents.all(self.shared.read().version()),
         }
     }
 }

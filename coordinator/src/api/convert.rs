@@ -17,24 +17,18 @@ use crate::state::StateError;
 
 /// Turns a wire command into a domain command, refusing malformed input.
 pub fn command_from_pb(command: Option<pb::Command>) -> Result<Command, Status> {
-    let kind = command
-        .and_then(|c| c.kind)
-        .ok_or_else(|| Status::invalid_argument("request carries no command"))?;
+    let kind = command.and_then(|c| c.kind).ok_or_else(|| Status::invalid_argument("request carries no command"))?;
     let command = match kind {
-        PbKind::CreateCluster(c) => Command::CreateCluster {
-            name: c.name,
-            haproxy_container: non_empty(c.haproxy_container),
-        },
+        PbKind::CreateCluster(c) => {
+            Command::CreateCluster { name: c.name, haproxy_container: non_empty(c.haproxy_container) }
+        }
         PbKind::AddHost(h) => Command::AddHost {
             id: h.id,
             cluster: h.cluster,
             address: h.address,
             haproxy_container: non_empty(h.haproxy_container),
         },
-        PbKind::CreateShard(s) => Command::CreateShard {
-            name: s.name,
-            cluster: s.cluster,
-        },
+        PbKind::CreateShard(s) => Command::CreateShard { name: s.name, cluster: s.cluster },
         PbKind::AddNode(n) => Command::AddNode {
             name: n.name,
             shard: n.shard,
@@ -43,24 +37,14 @@ pub fn command_from_pb(command: Option<pb::Command>) -> Result<Command, Status> 
             container: non_empty(n.container),
         },
         PbKind::RemoveNode(n) => Command::RemoveNode { name: n.name },
-        PbKind::Bind(b) => Command::Bind {
-            fqdn: fqdn(&b.fqdn)?,
-            shard: b.shard,
-            cluster: non_empty(b.cluster),
-        },
-        PbKind::Unbind(u) => Command::Unbind {
-            fqdn: fqdn(&u.fqdn)?,
-            cluster: non_empty(u.cluster),
-        },
+        PbKind::Bind(b) => Command::Bind { fqdn: fqdn(&b.fqdn)?, shard: b.shard, cluster: non_empty(b.cluster) },
+        PbKind::Unbind(u) => Command::Unbind { fqdn: fqdn(&u.fqdn)?, cluster: non_empty(u.cluster) },
         PbKind::BindBatch(batch) => {
             let mut entries = Vec::with_capacity(batch.entries.len());
             for entry in batch.entries {
                 entries.push((fqdn(&entry.fqdn)?, entry.shard));
             }
-            Command::BindBatch {
-                cluster: batch.cluster,
-                entries,
-            }
+            Command::BindBatch { cluster: batch.cluster, entries }
         }
     };
     precheck(&command).map_err(state_error_to_status)?;
@@ -95,11 +79,11 @@ pub fn write_reply(version: u64, response: &Response) -> pb::WriteReply {
         Response::Batch(summary) => Some(batch_to_pb(summary)),
         _ => None,
     };
-    pb::WriteReply {
-        version,
-        message: response.to_string(),
-        batch,
-    }
+    let cluster = match response {
+        Response::Bound { cluster, .. } | Response::Unbound { cluster, .. } => cluster.clone(),
+        _ => String::new(),
+    };
+    pb::WriteReply { version, message: response.to_string(), batch, cluster }
 }
 
 fn batch_to_pb(summary: &BatchSummary) -> pb::BatchSummary {
@@ -110,10 +94,7 @@ fn batch_to_pb(summary: &BatchSummary) -> pb::BatchSummary {
         skipped: summary
             .skipped
             .iter()
-            .map(|(fqdn, reason)| pb::Skipped {
-                fqdn: fqdn.clone(),
-                reason: reason.clone(),
-            })
+            .map(|(fqdn, reason)| pb::Skipped { fqdn: fqdn.clone(), reason: reason.clone() })
             .collect(),
     }
 }
@@ -146,10 +127,7 @@ pub fn cluster_view(applied: &Applied, cluster: &Cluster, host_filter: Option<&s
         .shards
         .values()
         .filter(|s| s.cluster == cluster.name)
-        .map(|s| pb::ShardView {
-            name: s.name.clone(),
-            lb_backend: s.lb_backend.clone(),
-        })
+        .map(|s| pb::ShardView { name: s.name.clone(), lb_backend: s.lb_backend.clone() })
         .collect();
     let nodes = state
         .nodes
@@ -166,10 +144,7 @@ pub fn cluster_view(applied: &Applied, cluster: &Cluster, host_filter: Option<&s
     let bindings = cluster
         .bindings
         .iter()
-        .map(|(fqdn, shard)| pb::BindEntry {
-            fqdn: fqdn.to_string(),
-            shard: shard.clone(),
-        })
+        .map(|(fqdn, shard)| pb::BindEntry { fqdn: fqdn.to_string(), shard: shard.clone() })
         .collect();
     pb::ClusterView {
         version: applied.version(),

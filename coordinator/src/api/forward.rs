@@ -18,10 +18,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Channels will present `tls`'s coordinator certificate.
     pub fn new(tls: ClientTlsConfig) -> Forwarder {
-        Forwarder {
-            tls,
-            channels: Mutex::new(HashMap::new()),
-        }
+        Forwarder { tls, channels: Mutex::new(HashMap::new()) }
     }
 
     /// The channel to `address`, created on first use.

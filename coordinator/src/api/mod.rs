@@ -3,3 +3,4 @@
 pub mod admin;
 pub mod convert;
 pub mod forward;
+pub mod lb_state;

@@ -20,13 +20,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Coordinator gRPC addresses, comma-separated; any node will do.
-    #[arg(
-        long,
-        env = "LBFLEET_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7400",
-        global = true
-    )]
+    #[arg(long, env = "LBFLEET_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
     pub endpoints: Vec<String>,
     /// Directory with ca.pem and this process's certificate (see `lbfleet pki init`) [default: .lbfleet/tls].
     #[arg(long, env = "LBFLEET_TLS_DIR", global = true)]
@@ -75,6 +69,9 @@ pub enum Command {
         /// The cluster; defaults to the shard's.
         #[arg(long)]
         cluster: Option<String>,
+        /// Return once every LB host of the cluster has applied the change (or fail naming the laggards).
+        #[arg(long)]
+        wait: bool,
     },
     /// Removes an FQDN's binding.
     Unbind {
@@ -82,6 +79,9 @@ pub enum Command {
         /// The cluster; needed only when the FQDN is bound in several.
         #[arg(long)]
         cluster: Option<String>,
+        /// Return once every LB host of the cluster has applied the change (or fail naming the laggards).
+        #[arg(long)]
+        wait: bool,
     },
     /// Imports an existing fqdn-to-shard.map (`<fqdn> shard-<name>` per line) in batches.
     Import {
@@ -229,7 +229,7 @@ pub enum NodeCommand {
 /// `lbfleet lb ...`
 #[derive(Debug, Subcommand)]
 pub enum LbCommand {
-    /// The map each LB host should hold.
+    /// The map each LB host should hold next to what its HAProxy holds, differences marked.
     Show {
         /// Defaults to the only cluster, if there is one.
         #[arg(long)]

@@ -85,12 +85,7 @@ impl Client {
         let mut probe = tonic::Request::new(pb::StatusRequest {});
         probe.set_timeout(timeout.min(Duration::from_secs(3)));
         admin.status(probe).await.map_err(|status| describe(&status))?;
-        Ok(Client {
-            admin,
-            tls: tls.clone(),
-            endpoint: endpoint.to_string(),
-            timeout,
-        })
+        Ok(Client { admin, tls: tls.clone(), endpoint: endpoint.to_string(), timeout })
     }
 
     /// The TLS settings this client authenticates with.
@@ -106,9 +101,7 @@ impl Client {
 
     /// Commits one command, retrying while the group has no leader.
     pub async fn write(&self, kind: pb::command::Kind) -> Result<pb::WriteReply, ClientError> {
-        let request = pb::WriteRequest {
-            command: Some(pb::Command { kind: Some(kind) }),
-        };
+        let request = pb::WriteRequest { command: Some(pb::Command { kind: Some(kind) }) };
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -125,36 +118,39 @@ impl Client {
 
     /// A linearizable view of one cluster.
     pub async fn cluster(&self, cluster: &str, host: Option<&str>) -> Result<pb::ClusterView, ClientError> {
-        let request = pb::GetClusterRequest {
-            cluster: cluster.to_string(),
-            host: host.unwrap_or_default().to_string(),
-        };
-        Ok(self
-            .admin
-            .clone()
-            .get_cluster(self.request(request))
-            .await?
-            .into_inner())
+        let request =
+            pb::GetClusterRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };
+        Ok(self.admin.clone().get_cluster(self.request(request)).await?.into_inner())
     }
 
     /// A linearizable list of the clusters.
     pub async fn clusters(&self) -> Result<pb::ClusterList, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .list_clusters(self.request(pb::ListClustersRequest {}))
-            .await?
-            .into_inner())
+        Ok(self.admin.clone().list_clusters(self.request(pb::ListClustersRequest {})).await?.into_inner())
     }
 
     /// The Raft status of the node this client talks to.
     pub async fn status(&self) -> Result<pb::StatusReply, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .status(self.request(pb::StatusRequest {}))
-            .await?
-            .into_inner())
+        Ok(self.admin.clone().status(self.request(pb::StatusRequest {})).await?.into_inner())
+    }
+
+    /// Waits until every LB host of `cluster` acknowledged `version`.
+    pub async fn wait_applied(
+        &self,
+        cluster: &str,
+        version: u64,
+        timeout: Duration,
+    ) -> Result<pb::WaitAppliedReply, ClientError> {
+        let request =
+            pb::WaitAppliedRequest { cluster: cluster.to_string(), version, timeout_ms: timeout.as_millis() as u64 };
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout + Duration::from_secs(5));
+        Ok(self.admin.clone().wait_applied(request).await?.into_inner())
+    }
+
+    /// The desired map of a cluster next to what each LB host holds.
+    pub async fn lb_state(&self, cluster: &str, host: Option<&str>) -> Result<pb::LbStateReply, ClientError> {
+        let request = pb::LbStateRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };
+        Ok(self.admin.clone().lb_state(self.request(request)).await?.into_inner())
     }
 
     /// Adds or removes a Raft member.
@@ -163,12 +159,7 @@ impl Client {
         change: pb::change_membership_request::Change,
     ) -> Result<pb::StatusReply, ClientError> {
         let request = pb::ChangeMembershipRequest { change: Some(change) };
-        Ok(self
-            .admin
-            .clone()
-            .change_membership(self.request(request))
-            .await?
-            .into_inner())
+        Ok(self.admin.clone().change_membership(self.request(request)).await?.into_inner())
     }
 }
 

@@ -29,10 +29,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout).await?;
     let json = global.json;
     match command {
-        Command::Cluster(ClusterCommand::Create {
-            name,
-            haproxy_container,
-        }) => {
+        Command::Cluster(ClusterCommand::Create { name, haproxy_container }) => {
             let kind = Kind::CreateCluster(pb::CreateCluster {
                 name,
                 haproxy_container: haproxy_container.unwrap_or_default(),
@@ -40,12 +37,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Cluster(ClusterCommand::List) => output::cluster_list(json, &client.clusters().await?),
-        Command::Host(HostCommand::Add {
-            host,
-            cluster,
-            haproxy_container,
-            address,
-        }) => {
+        Command::Host(HostCommand::Add { host, cluster, haproxy_container, address }) => {
             let kind = Kind::AddHost(pb::AddHost {
                 address: address.unwrap_or_else(|| host.clone()),
                 id: host,
@@ -55,54 +47,27 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Shard(ShardCommand::Create { name, cluster }) => {
-            output::write_reply(
-                json,
-                &client
-                    .write(Kind::CreateShard(pb::CreateShard { name, cluster }))
-                    .await?,
-            );
+            output::write_reply(json, &client.write(Kind::CreateShard(pb::CreateShard { name, cluster })).await?);
         }
-        Command::Node(NodeCommand::Add {
-            name,
-            shard,
-            host,
-            address,
-            container,
-        }) => {
-            let kind = Kind::AddNode(pb::AddNode {
-                name,
-                shard,
-                host,
-                address,
-                container: container.unwrap_or_default(),
-            });
+        Command::Node(NodeCommand::Add { name, shard, host, address, container }) => {
+            let kind =
+                Kind::AddNode(pb::AddNode { name, shard, host, address, container: container.unwrap_or_default() });
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Node(NodeCommand::Remove { name }) => {
             output::write_reply(json, &client.write(Kind::RemoveNode(pb::RemoveNode { name })).await?);
         }
-        Command::Bind { fqdn, shard, cluster } => {
+        Command::Bind { fqdn, shard, cluster, wait } => {
             let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
-            let kind = Kind::Bind(pb::Bind {
-                fqdn,
-                shard,
-                cluster: cluster.unwrap_or_default(),
-            });
-            output::write_reply(json, &client.write(kind).await?);
+            let kind = Kind::Bind(pb::Bind { fqdn, shard, cluster: cluster.unwrap_or_default() });
+            write_and_wait(&client, kind, wait, timeout, json).await?;
         }
-        Command::Unbind { fqdn, cluster } => {
+        Command::Unbind { fqdn, cluster, wait } => {
             let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
-            let kind = Kind::Unbind(pb::Unbind {
-                fqdn,
-                cluster: cluster.unwrap_or_default(),
-            });
-            output::write_reply(json, &client.write(kind).await?);
+            let kind = Kind::Unbind(pb::Unbind { fqdn, cluster: cluster.unwrap_or_default() });
+            write_and_wait(&client, kind, wait, timeout, json).await?;
         }
-        Command::Import {
-            file,
-            cluster,
-            batch_size,
-        } => {
+        Command::Import { file, cluster, batch_size } => {
             let report = import::run(&client, &file, &cluster, batch_size.max(1)).await?;
             output::import_report(json, &file, &report);
         }
@@ -111,32 +76,41 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 Some(cluster) => cluster,
                 None => only_cluster(&client).await?,
             };
-            output::lb_show(json, &client.cluster(&cluster, host.as_deref()).await?);
+            output::lb_show(json, &client.lb_state(&cluster, host.as_deref()).await?);
         }
-        Command::Status => output::status(
-            json,
-            &client.status().await?,
-            &status_of_members(&client, timeout).await,
-        ),
+        Command::Status => output::status(json, &client.status().await?, &status_of_members(&client, timeout).await),
         Command::Members { change: None } => output::members(json, &client.status().await?),
-        Command::Members {
-            change: Some(MembersCommand::Add { member }),
-        } => {
+        Command::Members { change: Some(MembersCommand::Add { member }) } => {
             let members = crate::daemon::config::parse_members(vec![member])?;
-            let (id, address) = members
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("expected ID=ADDR"))?;
+            let (id, address) = members.into_iter().next().ok_or_else(|| anyhow::anyhow!("expected ID=ADDR"))?;
             let change = pb::change_membership_request::Change::Add(pb::MemberAddress { id, address });
             output::members(json, &client.change_membership(change).await?);
         }
-        Command::Members {
-            change: Some(MembersCommand::Remove { id }),
-        } => {
+        Command::Members { change: Some(MembersCommand::Remove { id }) } => {
             let change = pb::change_membership_request::Change::Remove(id);
             output::members(json, &client.change_membership(change).await?);
         }
         Command::Pki(_) | Command::Coordinator(_) => unreachable!("local commands are handled before connecting"),
+    }
+    Ok(())
+}
+
+/// Commits a binding change and, with `wait`, returns only once every LB host applied it.
+async fn write_and_wait(client: &Client, kind: Kind, wait: bool, timeout: Duration, json: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let reply = client.write(kind).await?;
+    if !wait {
+        output::write_reply(json, &reply);
+        return Ok(());
+    }
+    let progress = client.wait_applied(&reply.cluster, reply.version, timeout).await?;
+    output::write_and_wait(json, &reply, &progress, started.elapsed());
+    if !progress.done {
+        anyhow::bail!(
+            "not live everywhere after {:.1}s: {}",
+            timeout.as_secs_f64(),
+            output::laggards(&progress, reply.version)
+        );
     }
     Ok(())
 }

@@ -48,11 +48,7 @@ pub fn parse_map(text: &str) -> ParsedMap {
             continue;
         }
         let mut skip = |reason: String| {
-            parsed.skipped.push(SkippedEntry {
-                line: Some(line_no),
-                entry: line.to_string(),
-                reason,
-            });
+            parsed.skipped.push(SkippedEntry { line: Some(line_no), entry: line.to_string(), reason });
         };
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [fqdn, backend] = fields.as_slice() else {
@@ -75,10 +71,7 @@ pub fn parse_map(text: &str) -> ParsedMap {
             continue;
         }
         first_seen.insert(fqdn.clone(), line_no);
-        parsed.entries.push(pb::BindEntry {
-            fqdn,
-            shard: shard.to_string(),
-        });
+        parsed.entries.push(pb::BindEntry { fqdn, shard: shard.to_string() });
     }
     parsed
 }
@@ -87,20 +80,14 @@ pub fn parse_map(text: &str) -> ParsedMap {
 pub async fn run(client: &Client, file: &Path, cluster: &str, batch_size: usize) -> anyhow::Result<ImportReport> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let parsed = parse_map(&text);
-    let mut report = ImportReport {
-        skipped: parsed.skipped,
-        ..ImportReport::default()
-    };
+    let mut report = ImportReport { skipped: parsed.skipped, ..ImportReport::default() };
     let progress = ProgressBar::new(parsed.entries.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} bindings ({per_sec}, eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     for chunk in parsed.entries.chunks(batch_size) {
-        let batch = pb::BindBatch {
-            cluster: cluster.to_string(),
-            entries: chunk.to_vec(),
-        };
+        let batch = pb::BindBatch { cluster: cluster.to_string(), entries: chunk.to_vec() };
         let reply = client.write(pb::command::Kind::BindBatch(batch)).await?;
         report.batches += 1;
         report.version = reply.version;

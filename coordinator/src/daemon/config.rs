@@ -46,31 +46,18 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("missing setting {0} (set it in the config file or as --{flag})", flag = .0.replace('_', "-"))]
     Missing(&'static str),
     #[error("invalid {field} {value:?}: {reason}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { field: &'static str, value: String, reason: String },
 }
 
 impl RawConfig {
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source: Box::new(source),
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
     }
 
     /// Fills every unset field from `base` (flags win over the file).
@@ -131,12 +118,7 @@ impl RawConfig {
 /// Parses `ID=ADDR` items (each may itself be a comma-separated list).
 pub fn parse_members(items: Vec<String>) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     let mut members = BTreeMap::new();
-    for item in items
-        .iter()
-        .flat_map(|i| i.split(','))
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-    {
+    for item in items.iter().flat_map(|i| i.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
         let invalid = |reason: &str| ConfigError::Invalid {
             field: "bootstrap",
             value: item.to_string(),
@@ -157,11 +139,7 @@ fn check_address(field: &'static str, address: &str) -> Result<(), ConfigError> 
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
     if !ok || address.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(ConfigError::Invalid {
-            field,
-            value: address.into(),
-            reason: "expected HOST:PORT".into(),
-        });
+        return Err(ConfigError::Invalid { field, value: address.into(), reason: "expected HOST:PORT".into() });
     }
     Ok(())
 }
@@ -197,23 +175,10 @@ mod tests {
     #[test]
     fn missing_and_invalid_settings_name_themselves() {
         let err = RawConfig { node_id: None, ..raw() }.validate().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "missing setting node_id (set it in the config file or as --node-id)"
-        );
-        let err = RawConfig {
-            listen: Some("nope".into()),
-            ..raw()
-        }
-        .validate()
-        .unwrap_err();
+        assert_eq!(err.to_string(), "missing setting node_id (set it in the config file or as --node-id)");
+        let err = RawConfig { listen: Some("nope".into()), ..raw() }.validate().unwrap_err();
         assert!(err.to_string().starts_with("invalid listen \"nope\""));
-        let err = RawConfig {
-            listen: Some("0.0.0.0:7400".into()),
-            ..raw()
-        }
-        .validate()
-        .unwrap_err();
+        let err = RawConfig { listen: Some("0.0.0.0:7400".into()), ..raw() }.validate().unwrap_err();
         assert!(err.to_string().contains("advertise"));
     }
 
@@ -225,22 +190,14 @@ mod tests {
         assert!(parse_members(vec!["1=a:1,1=b:2".into()]).is_err());
         assert!(parse_members(vec!["x=a:1".into()]).is_err());
         assert!(parse_members(vec!["1=a".into()]).is_err());
-        let err = RawConfig {
-            bootstrap: Some(vec!["2=b:2".into()]),
-            ..raw()
-        }
-        .validate()
-        .unwrap_err();
+        let err = RawConfig { bootstrap: Some(vec!["2=b:2".into()]), ..raw() }.validate().unwrap_err();
         assert!(err.to_string().contains("must include this node"));
     }
 
     #[test]
     fn flags_override_file() {
         let file = raw();
-        let flags = RawConfig {
-            node_id: Some(7),
-            ..RawConfig::default()
-        };
+        let flags = RawConfig { node_id: Some(7), ..RawConfig::default() };
         assert_eq!(flags.or(file).validate().unwrap().node_id, 7);
     }
 }

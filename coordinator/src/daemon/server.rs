@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lbfleet_proto::pb::admin_server::AdminServer;
+use lbfleet_proto::pb::agent_stream_server::AgentStreamServer;
 use lbfleet_proto::pb::raft_server::RaftServer;
 use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::Identity;
@@ -17,6 +18,8 @@ use tracing::info;
 use tracing::warn;
 
 use super::config::CoordinatorConfig;
+use crate::agents::registry::AgentRegistry;
+use crate::agents::service::AgentStreamService;
 use crate::api::admin::AdminService;
 use crate::api::forward::Forwarder;
 use crate::raft::log_store::LogStore;
@@ -41,10 +44,7 @@ pub enum StartError {
     #[error("cannot open state machine: {0}")]
     StateMachine(String),
     #[error("cannot listen on {address}: {source}")]
-    Listen {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { address: SocketAddr, source: std::io::Error },
     #[error("invalid Raft settings: {0}")]
     RaftConfig(String),
     #[error("Raft failed to start: {0}")]
@@ -78,14 +78,9 @@ impl Coordinator {
         // Bind first: a node that cannot listen must fail before it locks its storage.
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Listen {
-                address: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            address: config.listen,
-            source,
-        })?;
+            .map_err(|source| StartError::Listen { address: config.listen, source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
 
         let sled_path = config.data_dir.join("sled");
@@ -93,14 +88,9 @@ impl Coordinator {
             .path(&sled_path)
             .cache_capacity(64 * 1024 * 1024)
             .open()
-            .map_err(|source| StartError::Storage {
-                path: sled_path.display().to_string(),
-                source,
-            })?;
-        let log_store = LogStore::open(&db).map_err(|source| StartError::Storage {
-            path: sled_path.display().to_string(),
-            source,
-        })?;
+            .map_err(|source| StartError::Storage { path: sled_path.display().to_string(), source })?;
+        let log_store = LogStore::open(&db)
+            .map_err(|source| StartError::Storage { path: sled_path.display().to_string(), source })?;
         let committed = log_store.committed_index();
         let state_machine = StateMachineStore::open(&db).map_err(|e| StartError::StateMachine(e.to_string()))?;
         let shared = state_machine.shared();
@@ -128,7 +118,10 @@ impl Coordinator {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let admin = AdminService::new(raft.clone(), shared.clone(), Forwarder::new(client_tls), committed);
+        let agents = Arc::new(AgentRegistry::new(config.node_id));
+        let admin =
+            AdminService::new(raft.clone(), shared.clone(), Forwarder::new(client_tls), committed, agents.clone());
+        let agent_stream = AgentStreamService::new(raft.clone(), shared.clone(), agents);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .tls_config(server_tls)?
@@ -139,45 +132,30 @@ impl Coordinator {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
+                AgentStreamServer::new(agent_stream)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
                 AdminServer::new(admin)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
-        let server = tokio::spawn(
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stopped.await;
-            }),
-        );
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        }));
         info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");
-        Ok(Coordinator {
-            raft,
-            shared,
-            local_addr,
-            advertise,
-            stop,
-            server,
-        })
+        Ok(Coordinator { raft, shared, local_addr, advertise, stop, server })
     }
 
     /// Creates a new cluster with these members, unless this node's storage already belongs to one.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, StartError> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?
-        {
+        if self.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
             info!("storage already initialized; --bootstrap ignored");
             return Ok(false);
         }
-        let nodes: BTreeMap<NodeId, Node> = members
-            .iter()
-            .map(|(id, addr)| (*id, Node::new(addr.clone())))
-            .collect();
-        self.raft
-            .initialize(nodes)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, addr)| (*id, Node::new(addr.clone()))).collect();
+        self.raft.initialize(nodes).await.map_err(|e| StartError::Raft(e.to_string()))?;
         info!(members = members.len(), "bootstrapped a new cluster");
         Ok(true)
     }
@@ -200,9 +178,7 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
     if !config.bootstrap.is_empty() {
         let mut members = config.bootstrap.clone();
         // This node's own entry may carry its real port only now.
-        members
-            .entry(config.node_id)
-            .or_insert_with(|| coordinator.advertise.clone());
+        members.entry(config.node_id).or_insert_with(|| coordinator.advertise.clone());
         coordinator.bootstrap(&members).await?;
     }
     shutdown_signal().await;

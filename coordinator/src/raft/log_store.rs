@@ -69,16 +69,10 @@ impl LogStore {
         key: &[u8],
         subject: ErrorSubject<NodeId>,
     ) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self
-            .meta
-            .get(key)
-            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))?
-        else {
+        let Some(bytes) = self.meta.get(key).map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))? else {
             return Ok(None);
         };
-        codec::decode(&bytes)
-            .map(Some)
-            .map_err(|e| io_error(subject, ErrorVerb::Read, &e))
+        codec::decode(&bytes).map(Some).map_err(|e| io_error(subject, ErrorVerb::Read, &e))
     }
 
     fn write_meta<T: Serialize>(
@@ -88,9 +82,7 @@ impl LogStore {
         subject: ErrorSubject<NodeId>,
     ) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
-        self.meta
-            .insert(key, bytes)
-            .map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
+        self.meta.insert(key, bytes).map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
         Ok(())
     }
 
@@ -100,9 +92,7 @@ impl LogStore {
         for key in self.log.range(range).keys() {
             batch.remove(key.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        self.log.apply_batch(batch).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
         Ok(())
     }
 }
@@ -136,11 +126,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
-        let last = match self
-            .log
-            .last()
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?
-        {
+        let last = match self.log.last().map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))? {
             Some((_, bytes)) => {
                 let entry: Entry =
                     codec::decode(&bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
@@ -148,10 +134,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => None,
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
-        })
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -168,16 +151,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.committed
-            .store(committed.map(|c| c.index).unwrap_or(0), Ordering::Relaxed);
+        self.committed.store(committed.map(|c| c.index).unwrap_or(0), Ordering::Relaxed);
         // Not flushed on its own: losing it only means re-applying committed entries at start-up.
         self.write_meta(COMMITTED, &committed, ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?
-            .flatten())
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -190,9 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
             batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        self.log.apply_batch(batch).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         // Durable before openraft may count these entries towards a quorum.
         let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
         callback.log_io_completed(flushed);

@@ -63,10 +63,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         });
-        Connection {
-            target,
-            client: client.map_err(|e| e.to_string()),
-        }
+        Connection { target, client: client.map_err(|e| e.to_string()) }
     }
 }
 

@@ -30,16 +30,19 @@ use super::Node;
 use super::NodeId;
 use super::StorageError;
 use super::TypeConfig;
+use crate::state::changelog::ChangeLog;
 use crate::state::State;
 
 const CURRENT_SNAPSHOT: &[u8] = b"current";
 
 /// The applied state and the log position it reflects.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership<NodeId, Node>,
+    /// Recent changes, for agent deltas.
+    pub changes: ChangeLog,
 }
 
 impl Applied {
@@ -88,15 +91,10 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the snapshot tree in `db` and restores the last snapshot, if any.
     pub fn open(db: &sled::Db) -> Result<StateMachineStore, StorageError> {
-        let snapshots = db
-            .open_tree("snapshots")
-            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        let snapshots = db.open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         let (version, _) = watch::channel(0);
         let store = StateMachineStore {
-            shared: Arc::new(SharedState {
-                applied: RwLock::new(Applied::default()),
-                version,
-            }),
+            shared: Arc::new(SharedState { applied: RwLock::new(Applied::default()), version }),
             db: db.clone(),
             snapshots,
         };
@@ -113,28 +111,19 @@ impl StateMachineStore {
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let subject = ErrorSubject::Snapshot(None);
-        let Some(bytes) = self
-            .snapshots
-            .get(CURRENT_SNAPSHOT)
-            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))?
+        let Some(bytes) =
+            self.snapshots.get(CURRENT_SNAPSHOT).map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))?
         else {
             return Ok(None);
         };
-        codec::decode(&bytes)
-            .map(Some)
-            .map_err(|e| io_error(subject, ErrorVerb::Read, &e))
+        codec::decode(&bytes).map(Some).map_err(|e| io_error(subject, ErrorVerb::Read, &e))
     }
 
     async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(snapshot.meta.signature()));
         let bytes = codec::encode(snapshot).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
-        self.snapshots
-            .insert(CURRENT_SNAPSHOT, bytes)
-            .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
+        self.snapshots.insert(CURRENT_SNAPSHOT, bytes).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
+        self.db.flush_async().await.map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
         Ok(())
     }
 
@@ -146,6 +135,7 @@ impl StateMachineStore {
         applied.last_applied = snapshot.meta.last_log_id;
         applied.membership = snapshot.meta.last_membership.clone();
         let version = applied.version();
+        applied.changes.reset(version);
         drop(applied);
         self.shared.version.send_replace(version);
         Ok(())
@@ -169,15 +159,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             (meta, data)
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
         self.save_snapshot(&stored).await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
 
@@ -201,7 +185,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
                     EntryPayload::Blank => Ok(crate::state::Response::Noop),
-                    EntryPayload::Normal(ref command) => applied.state.apply(command),
+                    EntryPayload::Normal(ref command) => {
+                        let Applied { state, changes, .. } = &mut *applied;
+                        let result = state.apply(command);
+                        if let Ok(response) = &result {
+                            changes.record(entry.log_id.index, state, command, response);
+                        }
+                        result
+                    }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Ok(crate::state::Response::Noop)
@@ -228,18 +219,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
-        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
         self.restore(&stored)?;
         self.save_snapshot(&stored).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.stored_snapshot()?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        Ok(self
+            .stored_snapshot()?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

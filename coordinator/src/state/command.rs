@@ -10,42 +10,21 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Creates a cluster; `haproxy_container` defaults to `hosting-haproxy`.
-    CreateCluster {
-        name: String,
-        haproxy_container: Option<String>,
-    },
+    CreateCluster { name: String, haproxy_container: Option<String> },
     /// Registers a Docker host whose agent serves the cluster's load balancer.
-    AddHost {
-        id: String,
-        cluster: String,
-        address: String,
-        haproxy_container: Option<String>,
-    },
+    AddHost { id: String, cluster: String, address: String, haproxy_container: Option<String> },
     /// Creates a shard; its LB backend becomes `shard-{name}`.
     CreateShard { name: String, cluster: String },
     /// Adds a backend server (an nginx node) to a shard.
-    AddNode {
-        name: String,
-        shard: String,
-        host: String,
-        address: String,
-        container: Option<String>,
-    },
+    AddNode { name: String, shard: String, host: String, address: String, container: Option<String> },
     /// Removes a backend server.
     RemoveNode { name: String },
     /// Binds an FQDN to a shard, moving it if it was bound elsewhere in the cluster.
-    Bind {
-        fqdn: Fqdn,
-        shard: String,
-        cluster: Option<String>,
-    },
+    Bind { fqdn: Fqdn, shard: String, cluster: Option<String> },
     /// Removes an FQDN's binding.
     Unbind { fqdn: Fqdn, cluster: Option<String> },
     /// Many binds in one log entry; entries that cannot apply are skipped and reported.
-    BindBatch {
-        cluster: String,
-        entries: Vec<(Fqdn, String)>,
-    },
+    BindBatch { cluster: String, entries: Vec<(Fqdn, String)> },
 }
 
 /// What a successfully applied command did.
@@ -126,55 +105,28 @@ pub enum StateError {
     #[error("{kind} {name:?} already exists")]
     AlreadyExists { kind: Kind, name: String },
     #[error("invalid {field} {value:?}: {reason}")]
-    Invalid {
-        field: String,
-        value: String,
-        reason: String,
-    },
+    Invalid { field: String, value: String, reason: String },
     #[error("{fqdn} is bound in several clusters ({}); name one with --cluster", clusters.join(", "))]
     Ambiguous { fqdn: String, clusters: Vec<String> },
     #[error("{kind} {name:?} belongs to cluster {actual:?}, not {expected:?}")]
-    WrongCluster {
-        kind: Kind,
-        name: String,
-        expected: String,
-        actual: String,
-    },
+    WrongCluster { kind: Kind, name: String, expected: String, actual: String },
 }
 
 impl fmt::Display for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Response::ClusterCreated {
-                name,
-                haproxy_container,
-            } => {
+            Response::ClusterCreated { name, haproxy_container } => {
                 write!(f, "created cluster {name} (haproxy container {haproxy_container})")
             }
             Response::HostAdded { id, cluster } => write!(f, "added host {id} to cluster {cluster}"),
             Response::ShardCreated { name, lb_backend } => write!(f, "created shard {name} (backend {lb_backend})"),
             Response::NodeAdded { name, shard } => write!(f, "added node {name} to shard {shard}"),
             Response::NodeRemoved { name, shard } => write!(f, "removed node {name} from shard {shard}"),
-            Response::Bound {
-                fqdn,
-                shard,
-                previous: None,
-                ..
-            } => write!(f, "bound {fqdn} to shard {shard}"),
-            Response::Bound {
-                fqdn,
-                shard,
-                previous: Some(previous),
-                ..
-            } if previous == shard => {
+            Response::Bound { fqdn, shard, previous: None, .. } => write!(f, "bound {fqdn} to shard {shard}"),
+            Response::Bound { fqdn, shard, previous: Some(previous), .. } if previous == shard => {
                 write!(f, "{fqdn} was already bound to shard {shard}")
             }
-            Response::Bound {
-                fqdn,
-                shard,
-                previous: Some(previous),
-                ..
-            } => {
+            Response::Bound { fqdn, shard, previous: Some(previous), .. } => {
                 write!(f, "moved {fqdn} from shard {previous} to shard {shard}")
             }
             Response::Unbound { fqdn, shard, .. } => write!(f, "unbound {fqdn} (was shard {shard})"),

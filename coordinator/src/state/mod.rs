@@ -1,5 +1,6 @@
 //! The replicated state: topology and FQDN bindings, changed only by the pure `apply`.
 
+pub mod changelog;
 mod command;
 pub mod names;
 
@@ -75,24 +76,14 @@ impl State {
     /// Applies one command; on error the state is unchanged.
     pub fn apply(&mut self, cmd: &Command) -> Result<Response, StateError> {
         match cmd {
-            Command::CreateCluster {
-                name,
-                haproxy_container,
-            } => self.create_cluster(name, haproxy_container),
-            Command::AddHost {
-                id,
-                cluster,
-                address,
-                haproxy_container,
-            } => self.add_host(id, cluster, address, haproxy_container),
+            Command::CreateCluster { name, haproxy_container } => self.create_cluster(name, haproxy_container),
+            Command::AddHost { id, cluster, address, haproxy_container } => {
+                self.add_host(id, cluster, address, haproxy_container)
+            }
             Command::CreateShard { name, cluster } => self.create_shard(name, cluster),
-            Command::AddNode {
-                name,
-                shard,
-                host,
-                address,
-                container,
-            } => self.add_node(name, shard, host, address, container),
+            Command::AddNode { name, shard, host, address, container } => {
+                self.add_node(name, shard, host, address, container)
+            }
             Command::RemoveNode { name } => self.remove_node(name),
             Command::Bind { fqdn, shard, cluster } => self.bind(fqdn, shard, cluster.as_deref()),
             Command::Unbind { fqdn, cluster } => self.unbind(fqdn, cluster.as_deref()),
@@ -118,9 +109,7 @@ impl State {
         if self.clusters.contains_key(name) {
             return Err(already_exists(Kind::Cluster, name));
         }
-        let haproxy_container = haproxy_container
-            .clone()
-            .unwrap_or_else(|| DEFAULT_HAPROXY_CONTAINER.to_string());
+        let haproxy_container = haproxy_container.clone().unwrap_or_else(|| DEFAULT_HAPROXY_CONTAINER.to_string());
         self.clusters.insert(
             name.to_string(),
             Cluster {
@@ -132,10 +121,7 @@ impl State {
                 bindings: BTreeMap::new(),
             },
         );
-        Ok(Response::ClusterCreated {
-            name: name.to_string(),
-            haproxy_container,
-        })
+        Ok(Response::ClusterCreated { name: name.to_string(), haproxy_container })
     }
 
     fn add_host(
@@ -167,10 +153,7 @@ impl State {
             haproxy_container: haproxy_container.clone(),
         };
         self.hosts.insert(id.to_string(), host);
-        Ok(Response::HostAdded {
-            id: id.to_string(),
-            cluster: cluster.to_string(),
-        })
+        Ok(Response::HostAdded { id: id.to_string(), cluster: cluster.to_string() })
     }
 
     fn create_shard(&mut self, name: &str, cluster: &str) -> Result<Response, StateError> {
@@ -180,16 +163,9 @@ impl State {
             return Err(already_exists(Kind::Shard, name));
         }
         let lb_backend = format!("shard-{name}");
-        let shard = Shard {
-            name: name.to_string(),
-            cluster: cluster.to_string(),
-            lb_backend: lb_backend.clone(),
-        };
+        let shard = Shard { name: name.to_string(), cluster: cluster.to_string(), lb_backend: lb_backend.clone() };
         self.shards.insert(name.to_string(), shard);
-        Ok(Response::ShardCreated {
-            name: name.to_string(),
-            lb_backend,
-        })
+        Ok(Response::ShardCreated { name: name.to_string(), lb_backend })
     }
 
     fn add_node(
@@ -226,18 +202,12 @@ impl State {
             container: container.clone(),
         };
         self.nodes.insert(name.to_string(), node);
-        Ok(Response::NodeAdded {
-            name: name.to_string(),
-            shard: shard.to_string(),
-        })
+        Ok(Response::NodeAdded { name: name.to_string(), shard: shard.to_string() })
     }
 
     fn remove_node(&mut self, name: &str) -> Result<Response, StateError> {
         let node = self.nodes.remove(name).ok_or_else(|| not_found(Kind::Node, name))?;
-        Ok(Response::NodeRemoved {
-            name: node.name,
-            shard: node.shard,
-        })
+        Ok(Response::NodeRemoved { name: node.name, shard: node.shard })
     }
 
     fn bind(&mut self, fqdn: &Fqdn, shard: &str, cluster: Option<&str>) -> Result<Response, StateError> {
@@ -256,12 +226,7 @@ impl State {
         }
         let bindings = &mut self.cluster_mut(&shard_cluster)?.bindings;
         let previous = bindings.insert(fqdn.clone(), shard.to_string());
-        Ok(Response::Bound {
-            cluster: shard_cluster,
-            fqdn,
-            shard: shard.to_string(),
-            previous,
-        })
+        Ok(Response::Bound { cluster: shard_cluster, fqdn, shard: shard.to_string(), previous })
     }
 
     fn unbind(&mut self, fqdn: &Fqdn, cluster: Option<&str>) -> Result<Response, StateError> {
@@ -269,28 +234,17 @@ impl State {
         let cluster = match cluster {
             Some(cluster) => self.cluster(cluster)?.name.clone(),
             None => {
-                let holders: Vec<String> = self
-                    .clusters
-                    .values()
-                    .filter(|c| c.bindings.contains_key(&fqdn))
-                    .map(|c| c.name.clone())
-                    .collect();
+                let holders: Vec<String> =
+                    self.clusters.values().filter(|c| c.bindings.contains_key(&fqdn)).map(|c| c.name.clone()).collect();
                 match holders.as_slice() {
                     [] => return Err(not_found(Kind::Binding, fqdn.as_str())),
                     [one] => one.clone(),
-                    _ => {
-                        return Err(StateError::Ambiguous {
-                            fqdn: fqdn.into_string(),
-                            clusters: holders,
-                        })
-                    }
+                    _ => return Err(StateError::Ambiguous { fqdn: fqdn.into_string(), clusters: holders }),
                 }
             }
         };
         let bindings = &mut self.cluster_mut(&cluster)?.bindings;
-        let shard = bindings
-            .remove(&fqdn)
-            .ok_or_else(|| not_found(Kind::Binding, fqdn.as_str()))?;
+        let shard = bindings.remove(&fqdn).ok_or_else(|| not_found(Kind::Binding, fqdn.as_str()))?;
         Ok(Response::Unbound { cluster, fqdn, shard })
     }
 
@@ -300,15 +254,11 @@ impl State {
         // Shard lookups are answered once per distinct shard, not once per entry.
         let mut shard_ok: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
         for (fqdn, shard) in entries {
-            let verdict = shard_ok
-                .entry(shard.as_str())
-                .or_insert_with(|| match self.shards.get(shard.as_str()) {
-                    None => Err(format!("shard {shard:?} not found")),
-                    Some(s) if s.cluster != cluster => {
-                        Err(format!("shard {shard:?} belongs to cluster {:?}", s.cluster))
-                    }
-                    Some(_) => Ok(()),
-                });
+            let verdict = shard_ok.entry(shard.as_str()).or_insert_with(|| match self.shards.get(shard.as_str()) {
+                None => Err(format!("shard {shard:?} not found")),
+                Some(s) if s.cluster != cluster => Err(format!("shard {shard:?} belongs to cluster {:?}", s.cluster)),
+                Some(_) => Ok(()),
+            });
             if let Err(reason) = verdict {
                 summary.skipped.push((fqdn.to_string(), reason.clone()));
                 continue;
@@ -335,9 +285,7 @@ impl State {
     }
 
     fn cluster_mut(&mut self, name: &str) -> Result<&mut Cluster, StateError> {
-        self.clusters
-            .get_mut(name)
-            .ok_or_else(|| not_found(Kind::Cluster, name))
+        self.clusters.get_mut(name).ok_or_else(|| not_found(Kind::Cluster, name))
     }
 
     fn shard(&self, name: &str) -> Result<&Shard, StateError> {
@@ -363,17 +311,11 @@ fn revalidate(fqdn: &Fqdn) -> Result<Fqdn, StateError> {
 }
 
 fn not_found(kind: Kind, name: &str) -> StateError {
-    StateError::NotFound {
-        kind,
-        name: name.to_string(),
-    }
+    StateError::NotFound { kind, name: name.to_string() }
 }
 
 fn already_exists(kind: Kind, name: &str) -> StateError {
-    StateError::AlreadyExists {
-        kind,
-        name: name.to_string(),
-    }
+    StateError::AlreadyExists { kind, name: name.to_string() }
 }
 
 #[cfg(test)]

@@ -7,16 +7,12 @@ use super::StateError;
 
 /// Checks an object name (cluster, host, shard, node): 1-63 of `[a-z0-9._-]`, starting alphanumeric.
 pub fn object_name(field: &str, value: &str) -> Result<(), StateError> {
-    check_chars(field, value, 63, |c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
-    })
+    check_chars(field, value, 63, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Checks a Docker container name: 1-128 of `[a-zA-Z0-9._-]`, starting alphanumeric.
 pub fn container_name(field: &str, value: &str) -> Result<(), StateError> {
-    check_chars(field, value, 128, |c| {
-        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-    })
+    check_chars(field, value, 128, |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Checks a `host:port` server address; the host is a DNS name or an IPv4 address (IPv6 in brackets).
@@ -27,36 +23,24 @@ pub fn server_address(field: &str, value: &str) -> Result<(), StateError> {
         reason: reason.to_string(),
     };
     let (host, port) = value.rsplit_once(':').ok_or_else(|| invalid("expected HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid("the port must be a number from 1 to 65535"))?;
+    let port: u16 = port.parse().map_err(|_| invalid("the port must be a number from 1 to 65535"))?;
     if port == 0 {
         return Err(invalid("the port must be a number from 1 to 65535"));
     }
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6
-            .parse::<std::net::Ipv6Addr>()
-            .map(|_| ())
-            .map_err(|_| invalid("not an IPv6 address in brackets"));
+        return v6.parse::<std::net::Ipv6Addr>().map(|_| ()).map_err(|_| invalid("not an IPv6 address in brackets"));
     }
     if host.is_empty() || host.len() > 253 {
         return Err(invalid("the host part must be 1 to 253 characters"));
     }
-    if !host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-    {
+    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
         return Err(invalid("the host part may only hold letters, digits, '-', '_' and '.'"));
     }
     Ok(())
 }
 
 fn check_chars(field: &str, value: &str, max: usize, allowed: impl Fn(char) -> bool) -> Result<(), StateError> {
-    let invalid = |reason: String| StateError::Invalid {
-        field: field.to_string(),
-        value: value.to_string(),
-        reason,
-    };
+    let invalid = |reason: String| StateError::Invalid { field: field.to_string(), value: value.to_string(), reason };
     if value.is_empty() || value.len() > max {
         return Err(invalid(format!("must be 1 to {max} characters")));
     }

@@ -10,32 +10,12 @@ fn fqdn(s: &str) -> Fqdn {
 fn topology() -> State {
     let mut state = State::default();
     let commands = [
-        Command::CreateCluster {
-            name: "c1".into(),
-            haproxy_container: None,
-        },
-        Command::CreateCluster {
-            name: "c2".into(),
-            haproxy_container: Some("lb-2".into()),
-        },
-        Command::AddHost {
-            id: "h1".into(),
-            cluster: "c1".into(),
-            address: "10.0.0.1".into(),
-            haproxy_container: None,
-        },
-        Command::CreateShard {
-            name: "web-1".into(),
-            cluster: "c1".into(),
-        },
-        Command::CreateShard {
-            name: "web-2".into(),
-            cluster: "c1".into(),
-        },
-        Command::CreateShard {
-            name: "other".into(),
-            cluster: "c2".into(),
-        },
+        Command::CreateCluster { name: "c1".into(), haproxy_container: None },
+        Command::CreateCluster { name: "c2".into(), haproxy_container: Some("lb-2".into()) },
+        Command::AddHost { id: "h1".into(), cluster: "c1".into(), address: "10.0.0.1".into(), haproxy_container: None },
+        Command::CreateShard { name: "web-1".into(), cluster: "c1".into() },
+        Command::CreateShard { name: "web-2".into(), cluster: "c1".into() },
+        Command::CreateShard { name: "other".into(), cluster: "c2".into() },
     ];
     for cmd in &commands {
         state.apply(cmd).expect("topology applies");
@@ -50,19 +30,8 @@ fn cluster_defaults_and_duplicates() {
     assert_eq!(state.clusters["c2"].config.haproxy_container, "lb-2");
     assert_eq!(state.clusters["c1"].config.map_path, DEFAULT_MAP_PATH);
     let mut state = state;
-    let err = state
-        .apply(&Command::CreateCluster {
-            name: "c1".into(),
-            haproxy_container: None,
-        })
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::AlreadyExists {
-            kind: Kind::Cluster,
-            name: "c1".into()
-        }
-    );
+    let err = state.apply(&Command::CreateCluster { name: "c1".into(), haproxy_container: None }).unwrap_err();
+    assert_eq!(err, StateError::AlreadyExists { kind: Kind::Cluster, name: "c1".into() });
 }
 
 #[test]
@@ -82,28 +51,14 @@ fn host_container_override() {
     };
     state.apply(&add).unwrap();
     assert_eq!(state.haproxy_container_of(&state.hosts["h2"]), "lb-h2");
-    assert_eq!(
-        state.haproxy_container_of(&state.hosts["h1"]),
-        DEFAULT_HAPROXY_CONTAINER
-    );
+    assert_eq!(state.haproxy_container_of(&state.hosts["h1"]), DEFAULT_HAPROXY_CONTAINER);
 }
 
 #[test]
 fn unknown_cluster_for_host_and_shard() {
     let mut state = topology();
-    let err = state
-        .apply(&Command::CreateShard {
-            name: "s".into(),
-            cluster: "nope".into(),
-        })
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::NotFound {
-            kind: Kind::Cluster,
-            name: "nope".into()
-        }
-    );
+    let err = state.apply(&Command::CreateShard { name: "s".into(), cluster: "nope".into() }).unwrap_err();
+    assert_eq!(err, StateError::NotFound { kind: Kind::Cluster, name: "nope".into() });
 }
 
 #[test]
@@ -116,35 +71,12 @@ fn nodes_add_and_remove() {
         address: "node-0:80".into(),
         container: Some("node-0".into()),
     };
-    assert_eq!(
-        state.apply(&add).unwrap(),
-        Response::NodeAdded {
-            name: "web-1-node-0".into(),
-            shard: "web-1".into()
-        }
-    );
-    assert!(matches!(
-        state.apply(&add),
-        Err(StateError::AlreadyExists { kind: Kind::Node, .. })
-    ));
-    state
-        .apply(&Command::RemoveNode {
-            name: "web-1-node-0".into(),
-        })
-        .unwrap();
+    assert_eq!(state.apply(&add).unwrap(), Response::NodeAdded { name: "web-1-node-0".into(), shard: "web-1".into() });
+    assert!(matches!(state.apply(&add), Err(StateError::AlreadyExists { kind: Kind::Node, .. })));
+    state.apply(&Command::RemoveNode { name: "web-1-node-0".into() }).unwrap();
     assert!(state.nodes.is_empty());
-    let err = state
-        .apply(&Command::RemoveNode {
-            name: "web-1-node-0".into(),
-        })
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::NotFound {
-            kind: Kind::Node,
-            name: "web-1-node-0".into()
-        }
-    );
+    let err = state.apply(&Command::RemoveNode { name: "web-1-node-0".into() }).unwrap_err();
+    assert_eq!(err, StateError::NotFound { kind: Kind::Node, name: "web-1-node-0".into() });
 }
 
 #[test]
@@ -172,20 +104,11 @@ fn node_refuses_bad_address_and_foreign_host() {
 #[test]
 fn bind_then_move_says_so() {
     let mut state = topology();
-    let bind = |shard: &str| Command::Bind {
-        fqdn: fqdn("example.com"),
-        shard: shard.into(),
-        cluster: None,
-    };
+    let bind = |shard: &str| Command::Bind { fqdn: fqdn("example.com"), shard: shard.into(), cluster: None };
     let first = state.apply(&bind("web-1")).unwrap();
     assert_eq!(
         first,
-        Response::Bound {
-            cluster: "c1".into(),
-            fqdn: fqdn("example.com"),
-            shard: "web-1".into(),
-            previous: None
-        }
+        Response::Bound { cluster: "c1".into(), fqdn: fqdn("example.com"), shard: "web-1".into(), previous: None }
     );
     let moved = state.apply(&bind("web-2")).unwrap();
     assert_eq!(moved.to_string(), "moved example.com from shard web-1 to shard web-2");
@@ -198,128 +121,45 @@ fn bind_then_move_says_so() {
 fn bind_to_unknown_shard_or_wrong_cluster() {
     let mut state = topology();
     let before = state.clone();
+    let err = state.apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "nope".into(), cluster: None }).unwrap_err();
+    assert_eq!(err, StateError::NotFound { kind: Kind::Shard, name: "nope".into() });
     let err = state
-        .apply(&Command::Bind {
-            fqdn: fqdn("a.com"),
-            shard: "nope".into(),
-            cluster: None,
-        })
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::NotFound {
-            kind: Kind::Shard,
-            name: "nope".into()
-        }
-    );
-    let err = state
-        .apply(&Command::Bind {
-            fqdn: fqdn("a.com"),
-            shard: "other".into(),
-            cluster: Some("c1".into()),
-        })
+        .apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "other".into(), cluster: Some("c1".into()) })
         .unwrap_err();
     assert!(matches!(err, StateError::WrongCluster { .. }));
     let err = state
-        .apply(&Command::Bind {
-            fqdn: fqdn("a.com"),
-            shard: "web-1".into(),
-            cluster: Some("zzz".into()),
-        })
+        .apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "web-1".into(), cluster: Some("zzz".into()) })
         .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::NotFound {
-            kind: Kind::Cluster,
-            name: "zzz".into()
-        }
-    );
+    assert_eq!(err, StateError::NotFound { kind: Kind::Cluster, name: "zzz".into() });
     assert_eq!(state, before);
 }
 
 #[test]
 fn unbind_unknown_is_not_found() {
     let mut state = topology();
-    let err = state
-        .apply(&Command::Unbind {
-            fqdn: fqdn("missing.com"),
-            cluster: None,
-        })
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::NotFound {
-            kind: Kind::Binding,
-            name: "missing.com".into()
-        }
-    );
+    let err = state.apply(&Command::Unbind { fqdn: fqdn("missing.com"), cluster: None }).unwrap_err();
+    assert_eq!(err, StateError::NotFound { kind: Kind::Binding, name: "missing.com".into() });
     assert_eq!(err.to_string(), "binding \"missing.com\" not found");
 }
 
 #[test]
 fn unbind_finds_the_cluster_or_asks() {
     let mut state = topology();
-    state
-        .apply(&Command::Bind {
-            fqdn: fqdn("a.com"),
-            shard: "web-1".into(),
-            cluster: None,
-        })
-        .unwrap();
-    state
-        .apply(&Command::Bind {
-            fqdn: fqdn("a.com"),
-            shard: "other".into(),
-            cluster: None,
-        })
-        .unwrap();
-    let err = state
-        .apply(&Command::Unbind {
-            fqdn: fqdn("a.com"),
-            cluster: None,
-        })
-        .unwrap_err();
+    state.apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "web-1".into(), cluster: None }).unwrap();
+    state.apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "other".into(), cluster: None }).unwrap();
+    let err = state.apply(&Command::Unbind { fqdn: fqdn("a.com"), cluster: None }).unwrap_err();
     assert!(matches!(err, StateError::Ambiguous { .. }));
-    let done = state
-        .apply(&Command::Unbind {
-            fqdn: fqdn("a.com"),
-            cluster: Some("c2".into()),
-        })
-        .unwrap();
-    assert_eq!(
-        done,
-        Response::Unbound {
-            cluster: "c2".into(),
-            fqdn: fqdn("a.com"),
-            shard: "other".into()
-        }
-    );
-    state
-        .apply(&Command::Unbind {
-            fqdn: fqdn("a.com"),
-            cluster: None,
-        })
-        .unwrap();
+    let done = state.apply(&Command::Unbind { fqdn: fqdn("a.com"), cluster: Some("c2".into()) }).unwrap();
+    assert_eq!(done, Response::Unbound { cluster: "c2".into(), fqdn: fqdn("a.com"), shard: "other".into() });
+    state.apply(&Command::Unbind { fqdn: fqdn("a.com"), cluster: None }).unwrap();
     assert!(state.clusters["c1"].bindings.is_empty());
 }
 
 #[test]
 fn batch_counts_and_skips() {
     let mut state = topology();
-    state
-        .apply(&Command::Bind {
-            fqdn: fqdn("moved.com"),
-            shard: "web-1".into(),
-            cluster: None,
-        })
-        .unwrap();
-    state
-        .apply(&Command::Bind {
-            fqdn: fqdn("same.com"),
-            shard: "web-2".into(),
-            cluster: None,
-        })
-        .unwrap();
+    state.apply(&Command::Bind { fqdn: fqdn("moved.com"), shard: "web-1".into(), cluster: None }).unwrap();
+    state.apply(&Command::Bind { fqdn: fqdn("same.com"), shard: "web-2".into(), cluster: None }).unwrap();
     let entries = vec![
         (fqdn("new.com"), "web-1".to_string()),
         (fqdn("moved.com"), "web-2".to_string()),
@@ -327,13 +167,7 @@ fn batch_counts_and_skips() {
         (fqdn("lost.com"), "nope".to_string()),
         (fqdn("foreign.com"), "other".to_string()),
     ];
-    let Response::Batch(summary) = state
-        .apply(&Command::BindBatch {
-            cluster: "c1".into(),
-            entries,
-        })
-        .unwrap()
-    else {
+    let Response::Batch(summary) = state.apply(&Command::BindBatch { cluster: "c1".into(), entries }).unwrap() else {
         panic!("batch answers with a summary");
     };
     assert_eq!((summary.added, summary.moved, summary.unchanged), (1, 1, 1));
@@ -347,19 +181,8 @@ fn batch_counts_and_skips() {
 #[test]
 fn batch_into_unknown_cluster_is_refused() {
     let mut state = topology();
-    let err = state
-        .apply(&Command::BindBatch {
-            cluster: "nope".into(),
-            entries: vec![],
-        })
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StateError::NotFound {
-            kind: Kind::Cluster,
-            name: "nope".into()
-        }
-    );
+    let err = state.apply(&Command::BindBatch { cluster: "nope".into(), entries: vec![] }).unwrap_err();
+    assert_eq!(err, StateError::NotFound { kind: Kind::Cluster, name: "nope".into() });
 }
 
 #[test]
@@ -367,18 +190,8 @@ fn invalid_names_never_enter_the_state() {
     let mut state = topology();
     let before = state.clone();
     for name in ["", "UPPER", "has space", "new\nline", "-dash", "a/b"] {
-        assert!(state
-            .apply(&Command::CreateShard {
-                name: name.into(),
-                cluster: "c1".into()
-            })
-            .is_err());
-        assert!(state
-            .apply(&Command::CreateCluster {
-                name: name.into(),
-                haproxy_container: None
-            })
-            .is_err());
+        assert!(state.apply(&Command::CreateShard { name: name.into(), cluster: "c1".into() }).is_err());
+        assert!(state.apply(&Command::CreateCluster { name: name.into(), haproxy_container: None }).is_err());
     }
     assert_eq!(state, before);
 }

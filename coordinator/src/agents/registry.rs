@@ -1,0 +1,263 @@
+//! Soft state about the agents whose streams this node serves: not in the Raft log.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::time::Duration;
+use std::time::Instant;
+
+use lbfleet_proto::pb;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::watch;
+
+/// A request for an agent's report, answered through `reply`.
+pub struct ReportAsk {
+    pub include_map: bool,
+    pub reply: oneshot::Sender<pb::AgentReport>,
+}
+
+/// What this node knows about one agent.
+struct AgentEntry {
+    cluster: String,
+    /// Identifies the stream, so a stale stream's end does not disconnect its successor.
+    session: u64,
+    connected: bool,
+    acked: u64,
+    nacked: Option<(u64, String)>,
+    last_seen: Instant,
+    report: Option<pb::AgentReport>,
+    asks: Option<mpsc::Sender<ReportAsk>>,
+}
+
+/// The agents of every stream this node serves or served.
+pub struct AgentRegistry {
+    node_id: u64,
+    agents: Mutex<HashMap<String, AgentEntry>>,
+    next_session: Mutex<u64>,
+    /// Bumped on every acknowledgement, for waiters.
+    acks: watch::Sender<u64>,
+}
+
+/// Identifies one registered stream.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub host: String,
+    pub session: u64,
+}
+
+impl AgentRegistry {
+    /// An empty registry of node `node_id`.
+    pub fn new(node_id: u64) -> AgentRegistry {
+        AgentRegistry {
+            node_id,
+            agents: Mutex::new(HashMap::new()),
+            next_session: Mutex::new(0),
+            acks: watch::channel(0).0,
+        }
+    }
+
+    fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentEntry>> {
+        self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new stream for `host`, replacing any older one.
+    pub fn connect(&self, host: &str, cluster: &str, asks: mpsc::Sender<ReportAsk>) -> SessionHandle {
+        let session = {
+            let mut next = self.next_session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *next += 1;
+            *next
+        };
+        let mut agents = self.agents();
+        let entry = agents.entry(host.to_string()).or_insert_with(|| AgentEntry {
+            cluster: cluster.to_string(),
+            session,
+            connected: true,
+            acked: 0,
+            nacked: None,
+            last_seen: Instant::now(),
+            report: None,
+            asks: None,
+        });
+        entry.cluster = cluster.to_string();
+        entry.session = session;
+        entry.connected = true;
+        entry.last_seen = Instant::now();
+        entry.asks = Some(asks);
+        SessionHandle { host: host.to_string(), session }
+    }
+
+    /// Marks the stream closed, unless a newer stream of the same host replaced it.
+    pub fn disconnect(&self, handle: &SessionHandle) {
+        if let Some(entry) = self.agents().get_mut(&handle.host) {
+            if entry.session == handle.session {
+                entry.connected = false;
+                entry.asks = None;
+            }
+        }
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// Runs `update` on the entry of a live session.
+    fn with_entry(&self, handle: &SessionHandle, update: impl FnOnce(&mut AgentEntry)) {
+        if let Some(entry) = self.agents().get_mut(&handle.host) {
+            if entry.session == handle.session {
+                entry.last_seen = Instant::now();
+                update(entry);
+            }
+        }
+    }
+
+    /// Any message from the agent proves it alive.
+    pub fn seen(&self, handle: &SessionHandle) {
+        self.with_entry(handle, |_| {});
+    }
+
+    /// The agent applied `version`.
+    pub fn ack(&self, handle: &SessionHandle, version: u64) {
+        self.with_entry(handle, |entry| {
+            entry.acked = entry.acked.max(version);
+            if entry.nacked.as_ref().is_some_and(|(v, _)| *v <= version) {
+                entry.nacked = None;
+            }
+        });
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// The agent could not apply `version`.
+    pub fn nack(&self, handle: &SessionHandle, version: u64, error: String) {
+        self.with_entry(handle, |entry| entry.nacked = Some((version, error)));
+        self.acks.send_modify(|n| *n += 1);
+    }
+
+    /// Keeps the agent's latest report (without its map, which is only passed on to the asker).
+    pub fn report(&self, handle: &SessionHandle, report: &pb::AgentReport) {
+        let mut kept = report.clone();
+        kept.map.clear();
+        kept.has_map = false;
+        self.with_entry(handle, |entry| entry.report = Some(kept));
+    }
+
+    /// How long ago the agent of `handle` last said anything.
+    pub fn silent_for(&self, handle: &SessionHandle) -> Option<Duration> {
+        self.agents().get(&handle.host).filter(|e| e.session == handle.session).map(|e| e.last_seen.elapsed())
+    }
+
+    /// The status of one host's agent, if it ever connected here; `version` is the current state version.
+    pub fn status(&self, host: &str, version: u64) -> Option<pb::AgentStatus> {
+        self.agents().get(host).map(|entry| self.status_of(host, entry, version))
+    }
+
+    /// Every known agent's status.
+    pub fn all(&self, version: u64) -> Vec<pb::AgentStatus> {
+        let agents = self.agents();
+        let mut all: Vec<pb::AgentStatus> =
+            agents.iter().map(|(host, entry)| self.status_of(host, entry, version)).collect();
+        all.sort_by(|a, b| a.host.cmp(&b.host));
+        all
+    }
+
+    fn status_of(&self, host: &str, entry: &AgentEntry, version: u64) -> pb::AgentStatus {
+        let (nacked_version, nack_error) = entry.nacked.clone().unwrap_or_default();
+        pb::AgentStatus {
+            host: host.to_string(),
+            cluster: entry.cluster.clone(),
+            connected: entry.connected,
+            acked_version: entry.acked,
+            lag: version.saturating_sub(entry.acked),
+            nacked_version,
+            nack_error,
+            last_seen_ms_ago: entry.last_seen.elapsed().as_millis() as u64,
+            has_report: entry.report.is_some(),
+            report: entry.report.clone(),
+            served_by: self.node_id,
+        }
+    }
+
+    /// Waits until every host in `hosts` is connected and acknowledged `version`, or `timeout` passes.
+    pub async fn wait_acked(&self, hosts: &[String], version: u64, timeout: Duration) -> (bool, Vec<pb::HostProgress>) {
+        let mut changes = self.acks.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let progress = self.progress(hosts);
+            let done = progress.iter().all(|p| p.connected && p.acked_version >= version);
+            if done {
+                return (true, progress);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return (false, progress);
+            }
+        }
+    }
+
+    fn progress(&self, hosts: &[String]) -> Vec<pb::HostProgress> {
+        let agents = self.agents();
+        hosts
+            .iter()
+            .map(|host| match agents.get(host) {
+                Some(entry) => {
+                    let (nacked_version, nack_error) = entry.nacked.clone().unwrap_or_default();
+                    pb::HostProgress {
+                        host: host.clone(),
+                        connected: entry.connected,
+                        acked_version: entry.acked,
+                        nacked_version,
+                        nack_error,
+                    }
+                }
+                None => pb::HostProgress { host: host.clone(), ..Default::default() },
+            })
+            .collect()
+    }
+
+    /// Asks a connected agent for a fresh report; `None` if it is not connected or does not answer in time.
+    pub async fn ask_report(&self, host: &str, include_map: bool, timeout: Duration) -> Option<pb::AgentReport> {
+        let asks = self.agents().get(host).and_then(|e| e.asks.clone())?;
+        let (reply, answer) = oneshot::channel();
+        asks.send(ReportAsk { include_map, reply }).await.ok()?;
+        tokio::time::timeout(timeout, answer).await.ok()?.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_returns_when_every_host_acked() {
+        let registry = std::sync::Arc::new(AgentRegistry::new(1));
+        let (tx, _rx) = mpsc::channel(1);
+        let a = registry.connect("a", "c", tx.clone());
+        let b = registry.connect("b", "c", tx);
+        let hosts = vec!["a".to_string(), "b".to_string()];
+        registry.ack(&a, 5);
+        let (done, progress) = registry.wait_acked(&hosts, 5, Duration::from_millis(10)).await;
+        assert!(!done);
+        assert_eq!(progress[1].acked_version, 0);
+        let waiter = {
+            let registry = registry.clone();
+            let hosts = hosts.clone();
+            tokio::spawn(async move { registry.wait_acked(&hosts, 5, Duration::from_secs(5)).await })
+        };
+        registry.ack(&b, 6);
+        let (done, _) = waiter.await.unwrap();
+        assert!(done);
+    }
+
+    #[tokio::test]
+    async fn stale_session_does_not_disconnect_its_successor() {
+        let registry = AgentRegistry::new(1);
+        let (tx, _rx) = mpsc::channel(1);
+        let old = registry.connect("a", "c", tx.clone());
+        let new = registry.connect("a", "c", tx);
+        registry.disconnect(&old);
+        assert!(registry.status("a", 0).unwrap().connected);
+        registry.nack(&new, 3, "bad config".into());
+        let status = registry.status("a", 3).unwrap();
+        assert_eq!((status.nacked_version, status.nack_error.as_str()), (3, "bad config"));
+        registry.disconnect(&new);
+        assert!(!registry.status("a", 0).unwrap().connected);
+        let (done, progress) = registry.wait_acked(&["missing".to_string()], 1, Duration::from_millis(5)).await;
+        assert!(!done && !progress[0].connected);
+    }
+}

@@ -1,0 +1,221 @@
+//! Recent changes per cluster, so agents that are a few versions behind get deltas, not full state.
+//!
+//! Kept in memory beside the applied state (not in snapshots): after a restart or a snapshot
+//! install it starts empty, and agents older than what it covers get the full state.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::VecDeque;
+
+use lbfleet_proto::Fqdn;
+
+use super::Command;
+use super::Response;
+use super::State;
+
+/// Binding changes retained before the oldest are dropped.
+pub const DEFAULT_CAPACITY: usize = 2_000_000;
+
+/// One binding change at a version.
+#[derive(Debug, Clone)]
+struct Change {
+    version: u64,
+    cluster: String,
+    fqdn: Fqdn,
+    /// `None`: unbound.
+    shard: Option<String>,
+}
+
+/// The net effect on one cluster since some version.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClusterDelta {
+    /// FQDN -> new shard, or `None` when unbound.
+    pub bindings: BTreeMap<Fqdn, Option<String>>,
+    /// The cluster's topology (nodes, shards, hosts, config) changed.
+    pub topology_changed: bool,
+}
+
+/// A bounded log of binding and topology changes.
+#[derive(Debug)]
+pub struct ChangeLog {
+    changes: VecDeque<Change>,
+    topology: VecDeque<(u64, String)>,
+    /// Every change with a version >= this is retained.
+    covered_from: u64,
+    last_change: HashMap<String, u64>,
+    capacity: usize,
+}
+
+impl Default for ChangeLog {
+    fn default() -> ChangeLog {
+        ChangeLog::new(DEFAULT_CAPACITY)
+    }
+}
+
+impl ChangeLog {
+    /// An empty log retaining at most `capacity` binding changes.
+    pub fn new(capacity: usize) -> ChangeLog {
+        ChangeLog {
+            changes: VecDeque::new(),
+            topology: VecDeque::new(),
+            covered_from: 1,
+            last_change: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Forgets everything: only versions after `version` will be covered.
+    pub fn reset(&mut self, version: u64) {
+        *self = ChangeLog { covered_from: version + 1, ..ChangeLog::new(self.capacity) };
+    }
+
+    /// Records what a successfully applied command changed; `state` is the state after it.
+    pub fn record(&mut self, version: u64, state: &State, command: &Command, response: &Response) {
+        match (command, response) {
+            (_, Response::Bound { cluster, fqdn, shard, previous }) if previous.as_ref() != Some(shard) => {
+                self.push(version, cluster, fqdn.clone(), Some(shard.clone()));
+            }
+            (_, Response::Unbound { cluster, fqdn, .. }) => self.push(version, cluster, fqdn.clone(), None),
+            (Command::BindBatch { cluster, entries }, Response::Batch(summary)) => {
+                // Skipped entries need not reach the agents; unchanged ones are dropped by the agent,
+                // which knows the value it holds.
+                let Some(bindings) = state.clusters.get(cluster).map(|c| &c.bindings) else {
+                    return;
+                };
+                let skipped: std::collections::HashSet<&str> =
+                    summary.skipped.iter().map(|(fqdn, _)| fqdn.as_str()).collect();
+                for (fqdn, shard) in entries {
+                    if !skipped.contains(fqdn.as_str()) && bindings.get(fqdn) == Some(shard) {
+                        self.push(version, cluster, fqdn.clone(), Some(shard.clone()));
+                    }
+                }
+            }
+            (Command::CreateCluster { name, .. }, _) => self.topology_changed(version, name),
+            (Command::AddHost { cluster, .. }, _) | (Command::CreateShard { cluster, .. }, _) => {
+                self.topology_changed(version, cluster)
+            }
+            (_, Response::NodeAdded { shard, .. }) | (_, Response::NodeRemoved { shard, .. }) => {
+                if let Some(shard) = state.shards.get(shard) {
+                    self.topology_changed(version, &shard.cluster.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn push(&mut self, version: u64, cluster: &str, fqdn: Fqdn, shard: Option<String>) {
+        self.changes.push_back(Change { version, cluster: cluster.to_string(), fqdn, shard });
+        self.last_change.insert(cluster.to_string(), version);
+        while self.changes.len() > self.capacity {
+            if let Some(dropped) = self.changes.pop_front() {
+                self.covered_from = self.covered_from.max(dropped.version + 1);
+            }
+        }
+        while self.topology.front().is_some_and(|(v, _)| *v < self.covered_from) {
+            self.topology.pop_front();
+        }
+    }
+
+    fn topology_changed(&mut self, version: u64, cluster: &str) {
+        self.topology.push_back((version, cluster.to_string()));
+        self.last_change.insert(cluster.to_string(), version);
+    }
+
+    /// The version of the last change that touched `cluster` (0 if none is known).
+    pub fn last_change(&self, cluster: &str) -> u64 {
+        self.last_change.get(cluster).copied().unwrap_or(0)
+    }
+
+    /// The net changes to `cluster` after `from_version`, or `None` when the log no longer covers them.
+    pub fn since(&self, cluster: &str, from_version: u64) -> Option<ClusterDelta> {
+        if from_version + 1 < self.covered_from {
+            return None;
+        }
+        let mut delta = ClusterDelta::default();
+        // Changes are in version order, so a binary search finds the first one after `from_version`.
+        let start = self.changes.partition_point(|c| c.version <= from_version);
+        for change in self.changes.range(start..).filter(|c| c.cluster == cluster) {
+            delta.bindings.insert(change.fqdn.clone(), change.shard.clone());
+        }
+        delta.topology_changed = self.topology.iter().any(|(v, c)| *v > from_version && c == cluster);
+        Some(delta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fqdn(s: &str) -> Fqdn {
+        Fqdn::parse(s).unwrap()
+    }
+
+    fn state_with(commands: &[Command], log: &mut ChangeLog) -> State {
+        let mut state = State::default();
+        for (i, command) in commands.iter().enumerate() {
+            if let Ok(response) = state.apply(command) {
+                log.record(i as u64 + 1, &state, command, &response);
+            }
+        }
+        state
+    }
+
+    fn setup() -> Vec<Command> {
+        vec![
+            Command::CreateCluster { name: "c".into(), haproxy_container: None },
+            Command::CreateShard { name: "s1".into(), cluster: "c".into() },
+            Command::CreateShard { name: "s2".into(), cluster: "c".into() },
+        ]
+    }
+
+    #[test]
+    fn net_effect_since_a_version() {
+        let mut log = ChangeLog::default();
+        let mut commands = setup();
+        commands.push(Command::Bind { fqdn: fqdn("a.com"), shard: "s1".into(), cluster: None });
+        commands.push(Command::Bind { fqdn: fqdn("b.com"), shard: "s1".into(), cluster: None });
+        commands.push(Command::Bind { fqdn: fqdn("a.com"), shard: "s2".into(), cluster: None });
+        commands.push(Command::Unbind { fqdn: fqdn("b.com"), cluster: None });
+        state_with(&commands, &mut log);
+        let delta = log.since("c", 3).unwrap();
+        assert_eq!(delta.bindings[&fqdn("a.com")], Some("s2".into()));
+        assert_eq!(delta.bindings[&fqdn("b.com")], None);
+        assert!(!delta.topology_changed);
+        assert!(log.since("c", 0).unwrap().topology_changed);
+        assert_eq!(log.since("c", 7).unwrap(), ClusterDelta::default());
+        assert_eq!(log.last_change("c"), 7);
+    }
+
+    #[test]
+    fn batches_record_only_what_changed() {
+        let mut log = ChangeLog::default();
+        let mut commands = setup();
+        commands.push(Command::Bind { fqdn: fqdn("same.com"), shard: "s1".into(), cluster: None });
+        commands.push(Command::BindBatch {
+            cluster: "c".into(),
+            entries: vec![
+                (fqdn("same.com"), "s1".into()),
+                (fqdn("new.com"), "s2".into()),
+                (fqdn("lost.com"), "nope".into()),
+            ],
+        });
+        state_with(&commands, &mut log);
+        let delta = log.since("c", 4).unwrap();
+        assert_eq!(delta.bindings.keys().collect::<Vec<_>>(), [&fqdn("new.com"), &fqdn("same.com")]);
+    }
+
+    #[test]
+    fn trimmed_history_is_not_covered() {
+        let mut log = ChangeLog::new(2);
+        let mut commands = setup();
+        for name in ["a.com", "b.com", "c.com"] {
+            commands.push(Command::Bind { fqdn: fqdn(name), shard: "s1".into(), cluster: None });
+        }
+        state_with(&commands, &mut log);
+        assert!(log.since("c", 3).is_none(), "version 4 was dropped");
+        assert_eq!(log.since("c", 4).unwrap().bindings.len(), 2);
+        log.reset(6);
+        assert!(log.since("c", 5).is_none());
+        assert!(log.since("c", 6).unwrap().bindings.is_empty());
+    }
+}
