@@ -1,2 +1,5 @@
 //! Helpers shared by lbfleet's cross-process tests and benchmarks.
 #![forbid(unsafe_code)]
+
+pub mod inproc;
+pub mod process;

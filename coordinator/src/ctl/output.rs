@@ -93,8 +93,8 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
     }
     println!();
     println!(
-        "{:<16} {:<13} {:>8} {:>6} {:>9} {:>6}  {}",
-        "HOST", "AGENT", "VERSION", "LAG", "ENTRIES", "DIFFS", "CONTAINER"
+        "{:<16} {:<13} {:>8} {:>6} {:>9} {:>6}  CONTAINER",
+        "HOST", "AGENT", "VERSION", "LAG", "ENTRIES", "DIFFS"
     );
     for host in &reply.hosts {
         let agent = host.agent.as_ref();
@@ -270,8 +270,8 @@ fn agents(agents: &[pb::AgentStatus]) {
         return;
     }
     println!(
-        "{:<16} {:<12} {:<13} {:>8} {:>5} {:>9} {:<14} {}",
-        "AGENT", "CLUSTER", "STATE", "VERSION", "LAG", "ENTRIES", "HEALTH", "DRIFT / ERRORS"
+        "{:<16} {:<12} {:<13} {:>8} {:>5} {:>9} {:<14} DRIFT / ERRORS",
+        "AGENT", "CLUSTER", "STATE", "VERSION", "LAG", "ENTRIES", "HEALTH"
     );
     for agent in agents {
         let state = if agent.connected { "connected" } else { "disconnected" };

@@ -1,0 +1,442 @@
+//! Owns this host's desired state and applies it to HAProxy: versions from the coordinator,
+//! reconciliation against what HAProxy really holds, and the reports about it.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use lbfleet_proto::pb;
+use lbfleet_proto::MapDigest;
+use tracing::info;
+use tracing::warn;
+
+use crate::config::AgentConfig;
+use crate::desired::Backend;
+use crate::desired::DesiredState;
+use crate::desired::MapChange;
+use crate::desired::MapEntries;
+use crate::desired::Server;
+use crate::desired::Topology;
+use crate::docker::DockerHost;
+use crate::haproxy::Haproxy;
+use crate::haproxy::HaproxyTarget;
+use crate::haproxy::RuntimeChange;
+
+/// Drift larger than this is repaired by replacing the whole runtime map instead of key by key.
+const BULK_REPAIR_THRESHOLD: usize = 1_000;
+/// Drifted keys quoted in a report.
+const DRIFT_EXAMPLES: usize = 10;
+
+/// Why a version could not be applied; the agent NACKs it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("delta from version {from} does not follow the held version {held}")]
+    OutOfOrder { from: u64, held: u64 },
+    #[error("the message carries no state")]
+    Empty,
+    #[error(transparent)]
+    Haproxy(#[from] crate::haproxy::HaproxyError),
+}
+
+impl ApplyError {
+    /// Whether the agent must ask for the full state again (its own state no longer fits).
+    pub fn needs_resync(&self) -> bool {
+        matches!(self, ApplyError::OutOfOrder { .. } | ApplyError::Empty)
+    }
+}
+
+/// What this agent holds and what it last saw in HAProxy.
+pub struct Applier {
+    config: AgentConfig,
+    docker: Option<DockerHost>,
+    haproxy: Option<Haproxy>,
+    desired: Option<DesiredState>,
+    /// The highest version fully applied to HAProxy.
+    applied_version: u64,
+    digest: MapDigest,
+    last_drift: Option<pb::DriftReport>,
+    drift_repairs: u64,
+    last_error: Option<String>,
+    container_started_at: Option<String>,
+}
+
+impl Applier {
+    /// An applier with no state yet; Docker is optional (the socket path works without it).
+    pub async fn new(config: AgentConfig) -> Applier {
+        let docker = match DockerHost::connect(config.docker_socket.as_deref()).await {
+            Ok(docker) => Some(docker),
+            Err(error) => {
+                warn!(%error, "Docker engine not reachable; config reloads and the exec fallback are unavailable");
+                None
+            }
+        };
+        Applier {
+            config,
+            docker,
+            haproxy: None,
+            desired: None,
+            applied_version: 0,
+            digest: MapDigest::default(),
+            last_drift: None,
+            drift_repairs: 0,
+            last_error: None,
+            container_started_at: None,
+        }
+    }
+
+    /// The version of the desired state held (0: none yet).
+    pub fn version(&self) -> u64 {
+        self.desired.as_ref().map(|d| d.version).unwrap_or(0)
+    }
+
+    /// Drops the desired state so the next stream asks for the full state; HAProxy keeps routing meanwhile.
+    pub fn forget(&mut self) {
+        self.desired = None;
+        self.digest = MapDigest::default();
+    }
+
+    /// Digest and size of the desired map.
+    pub fn map_summary(&self) -> (u64, u64) {
+        (self.digest.value(), self.desired.as_ref().map(|d| d.map.len() as u64).unwrap_or(0))
+    }
+
+    /// Applies a full state or a delta; returns the version now applied.
+    pub async fn apply(&mut self, message: pb::coordinator_message::Kind) -> Result<u64, ApplyError> {
+        use pb::coordinator_message::Kind;
+        let result = match message {
+            Kind::Full(full) => self.apply_full(full).await,
+            Kind::Delta(delta) => self.apply_delta(delta).await,
+            _ => return Err(ApplyError::Empty),
+        };
+        match &result {
+            Ok(version) => {
+                self.applied_version = *version;
+                self.last_error = None;
+            }
+            Err(error) => self.last_error = Some(error.to_string()),
+        }
+        result
+    }
+
+    async fn apply_full(&mut self, full: pb::FullState) -> Result<u64, ApplyError> {
+        let topology = full.topology.ok_or(ApplyError::Empty)?;
+        let map: MapEntries = full.map.into_iter().map(|e| (e.fqdn, e.backend)).collect();
+        let desired = DesiredState {
+            version: full.version,
+            container: self.config.container.clone().unwrap_or(topology.container.clone()),
+            topology: topology_from_pb(&topology),
+            map,
+        };
+        self.digest = MapDigest::of(desired.map.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let haproxy = self.driver_for(&desired);
+        // The file first: a reload or restart from here on loads the new map.
+        haproxy.write_map_file(&desired.map).await?;
+        haproxy.apply_config(&desired.topology).await?;
+        haproxy.replace_runtime_map(&desired.map).await?;
+        info!(version = desired.version, entries = desired.map.len(), "applied full state");
+        let version = desired.version;
+        self.desired = Some(desired);
+        Ok(version)
+    }
+
+    async fn apply_delta(&mut self, delta: pb::Delta) -> Result<u64, ApplyError> {
+        let held = self.version();
+        let Some(desired) = self.desired.as_mut() else {
+            return Err(ApplyError::OutOfOrder { from: delta.from_version, held });
+        };
+        if delta.from_version != held {
+            return Err(ApplyError::OutOfOrder { from: delta.from_version, held });
+        }
+        // Only keys whose value really changes become runtime commands.
+        let mut runtime = Vec::new();
+        let mut changes = Vec::new();
+        for entry in delta.upserts {
+            match desired.map.get(&entry.fqdn) {
+                Some(current) if *current == entry.backend => {}
+                Some(current) => {
+                    self.digest.toggle(&entry.fqdn, current);
+                    self.digest.toggle(&entry.fqdn, &entry.backend);
+                    runtime.push(RuntimeChange::Set { fqdn: entry.fqdn.clone(), backend: entry.backend.clone() });
+                    changes.push(MapChange::Upsert { fqdn: entry.fqdn, backend: entry.backend });
+                }
+                None => {
+                    self.digest.toggle(&entry.fqdn, &entry.backend);
+                    runtime.push(RuntimeChange::Add { fqdn: entry.fqdn.clone(), backend: entry.backend.clone() });
+                    changes.push(MapChange::Upsert { fqdn: entry.fqdn, backend: entry.backend });
+                }
+            }
+        }
+        for fqdn in delta.removals {
+            if let Some(current) = desired.map.get(&fqdn) {
+                self.digest.toggle(&fqdn, current);
+                runtime.push(RuntimeChange::Del { fqdn: fqdn.clone() });
+                changes.push(MapChange::Remove { fqdn });
+            }
+        }
+        desired.apply_changes(&changes);
+        desired.version = delta.version;
+        if let Some(topology) = &delta.topology {
+            desired.topology = topology_from_pb(topology);
+        }
+        let desired = desired.clone();
+        let haproxy = self.driver_for(&desired);
+        if !runtime.is_empty() {
+            haproxy.write_map_file(&desired.map).await?;
+        }
+        if delta.topology.is_some() {
+            haproxy.apply_config(&desired.topology).await?;
+        }
+        if !runtime.is_empty() {
+            let report = haproxy.apply_runtime(&runtime).await?;
+            if !report.errors.is_empty() {
+                warn!(errors = ?report.errors, "runtime API refused some changes; reconcile will repair");
+            }
+        }
+        Ok(desired.version)
+    }
+
+    /// The driver for the desired container, rebuilt when the coordinator names another one.
+    fn driver_for(&mut self, desired: &DesiredState) -> &Haproxy {
+        let target = HaproxyTarget {
+            container: desired.container.clone(),
+            socket_dir: self.config.socket_dir.clone(),
+            map_dir: self.config.map_dir.clone(),
+            config_dir: self.config.config_dir.clone(),
+            map_path: desired.topology.map_path.clone(),
+            reload: self.config.reload,
+        };
+        let stale = self.haproxy.as_ref().is_none_or(|h| h.target() != &target);
+        if stale {
+            self.haproxy = Some(Haproxy::new(target, self.docker.clone(), self.config.runtime));
+        }
+        self.haproxy.as_ref().expect("driver was just built")
+    }
+
+    /// Compares HAProxy's map and config with the desired state and repairs any drift.
+    pub async fn reconcile(&mut self) -> Result<Option<pb::DriftReport>, ApplyError> {
+        let Some(desired) = self.desired.clone() else {
+            return Ok(None);
+        };
+        let haproxy = self.driver_for(&desired);
+        // The config too: a restarted container may have come back with an old file.
+        haproxy.apply_config(&desired.topology).await?;
+        let actual = haproxy.show_map().await?;
+        let drift = measure_drift(&desired.map, &actual);
+        let Some(mut drift) = drift else {
+            return Ok(None);
+        };
+        let changed = drift.missing + drift.wrong + drift.extra + drift.duplicates;
+        warn!(
+            missing = drift.missing,
+            wrong = drift.wrong,
+            extra = drift.extra,
+            duplicates = drift.duplicates,
+            "HAProxy map drifted from the desired state; repairing"
+        );
+        haproxy.write_map_file(&desired.map).await?;
+        if changed as usize > BULK_REPAIR_THRESHOLD {
+            haproxy.replace_runtime_map(&desired.map).await?;
+        } else {
+            haproxy.apply_runtime(&repairs(&desired.map, &actual)).await?;
+        }
+        drift.repaired = true;
+        self.drift_repairs += 1;
+        self.last_drift = Some(drift.clone());
+        Ok(Some(drift))
+    }
+
+    /// Whether the HAProxy container started again since the last look (its map is then only the file).
+    pub async fn container_restarted(&mut self) -> bool {
+        let (Some(docker), Some(desired)) = (&self.docker, &self.desired) else {
+            return false;
+        };
+        let Ok(info) = docker.inspect(&desired.container).await else {
+            return false;
+        };
+        let previous = self.container_started_at.replace(info.started_at.clone());
+        previous.is_some_and(|p| p != info.started_at)
+    }
+
+    /// A report of what HAProxy holds and how its backends are doing.
+    pub async fn report(&mut self, request_id: u64, include_map: bool) -> pb::AgentReport {
+        let (digest, entries) = self.map_summary();
+        let mut report = pb::AgentReport {
+            applied_version: self.applied_version,
+            map_digest: digest,
+            map_entries: entries,
+            docker_reachable: false,
+            drift_repairs: self.drift_repairs,
+            last_drift: self.last_drift.clone(),
+            request_id,
+            error: self.last_error.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some(docker) = &self.docker {
+            report.docker_reachable = docker.ping().await.is_ok();
+        }
+        let Some(desired) = self.desired.clone() else {
+            return report;
+        };
+        if let Some(docker) = &self.docker {
+            report.container = Some(match docker.inspect(&desired.container).await {
+                Ok(info) => pb::ContainerState {
+                    name: desired.container.clone(),
+                    found: true,
+                    running: info.running,
+                    started_at: info.started_at,
+                },
+                Err(_) => pb::ContainerState { name: desired.container.clone(), ..Default::default() },
+            });
+        }
+        let haproxy = self.driver_for(&desired);
+        report.runtime_path = format!("{:?}", haproxy.runtime_path()).to_lowercase();
+        match haproxy.show_servers().await {
+            Ok(servers) => {
+                report.servers = servers
+                    .into_iter()
+                    .map(|s| pb::ServerHealth {
+                        backend: s.backend,
+                        server: s.server,
+                        status: s.status,
+                        check: s.check,
+                    })
+                    .collect()
+            }
+            Err(error) => report.error = format!("show stat: {error}"),
+        }
+        if include_map {
+            match haproxy.show_map().await {
+                Ok(actual) => {
+                    // What HAProxy really holds, duplicates included.
+                    report.map_digest = MapDigest::of(actual.iter().map(|(k, v)| (k.as_str(), v.as_str()))).value();
+                    report.map_entries = actual.len() as u64;
+                    report.map = actual.into_iter().map(|(fqdn, backend)| pb::MapEntry { fqdn, backend }).collect();
+                    report.has_map = true;
+                }
+                Err(error) => report.error = format!("show map: {error}"),
+            }
+        }
+        report
+    }
+}
+
+fn topology_from_pb(topology: &pb::AgentTopology) -> Topology {
+    let mut backends: Vec<Backend> = topology
+        .backends
+        .iter()
+        .map(|b| Backend {
+            name: b.name.clone(),
+            servers: b.servers.iter().map(|s| Server { name: s.name.clone(), address: s.address.clone() }).collect(),
+        })
+        .collect();
+    backends.sort_by(|a, b| a.name.cmp(&b.name));
+    Topology { map_path: topology.map_path.clone(), backends }
+}
+
+/// Counts what differs between the desired map and HAProxy's entries; `None` when nothing does.
+pub fn measure_drift(desired: &MapEntries, actual: &[(String, String)]) -> Option<pb::DriftReport> {
+    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (fqdn, backend) in actual {
+        held.entry(fqdn.as_str()).or_default().push(backend.as_str());
+    }
+    let mut report = pb::DriftReport::default();
+    let mut examples = Vec::new();
+    for (fqdn, backend) in desired {
+        match held.get(fqdn.as_str()) {
+            None => {
+                report.missing += 1;
+                examples.push(format!("missing {fqdn}"));
+            }
+            Some(values) if values.len() > 1 => {
+                report.duplicates += 1;
+                examples.push(format!("duplicate {fqdn}"));
+            }
+            Some(values) if values[0] != backend => {
+                report.wrong += 1;
+                examples.push(format!("{fqdn} -> {} instead of {backend}", values[0]));
+            }
+            Some(_) => {}
+        }
+    }
+    for fqdn in held.keys().filter(|k| !desired.contains_key(**k)) {
+        report.extra += 1;
+        examples.push(format!("extra {fqdn}"));
+    }
+    if report.missing + report.wrong + report.extra + report.duplicates == 0 {
+        return None;
+    }
+    examples.truncate(DRIFT_EXAMPLES);
+    report.examples = examples;
+    report.found_at_unix_ms =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    Some(report)
+}
+
+/// Key-by-key runtime commands that turn `actual` into `desired`.
+fn repairs(desired: &MapEntries, actual: &[(String, String)]) -> Vec<RuntimeChange> {
+    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (fqdn, backend) in actual {
+        held.entry(fqdn.as_str()).or_default().push(backend.as_str());
+    }
+    let mut changes = Vec::new();
+    for (fqdn, backend) in desired {
+        match held.get(fqdn.as_str()) {
+            None => changes.push(RuntimeChange::Add { fqdn: fqdn.clone(), backend: backend.clone() }),
+            // `del map` removes every copy, then one clean entry goes back.
+            Some(values) if values.len() > 1 => {
+                changes.push(RuntimeChange::Del { fqdn: fqdn.clone() });
+                changes.push(RuntimeChange::Add { fqdn: fqdn.clone(), backend: backend.clone() });
+            }
+            Some(values) if values[0] != backend => {
+                changes.push(RuntimeChange::Set { fqdn: fqdn.clone(), backend: backend.clone() })
+            }
+            Some(_) => {}
+        }
+    }
+    for fqdn in held.keys().filter(|k| !desired.contains_key(**k)) {
+        changes.push(RuntimeChange::Del { fqdn: fqdn.to_string() });
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, &str)]) -> MapEntries {
+        entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn held(entries: &[(&str, &str)]) -> Vec<(String, String)> {
+        entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn drift_counts_each_kind() {
+        let desired = map(&[("ok.com", "s1"), ("gone.com", "s1"), ("moved.com", "s1"), ("twice.com", "s1")]);
+        let actual =
+            held(&[("ok.com", "s1"), ("moved.com", "s2"), ("twice.com", "s1"), ("twice.com", "s1"), ("x.com", "s1")]);
+        let drift = measure_drift(&desired, &actual).unwrap();
+        assert_eq!((drift.missing, drift.wrong, drift.extra, drift.duplicates), (1, 1, 1, 1));
+        assert!(drift.examples.contains(&"missing gone.com".to_string()));
+        assert!(measure_drift(&desired, &held(&[("ok.com", "s1")])).is_some());
+        let exact = held(&[("ok.com", "s1"), ("gone.com", "s1"), ("moved.com", "s1"), ("twice.com", "s1")]);
+        assert!(measure_drift(&desired, &exact).is_none());
+    }
+
+    #[test]
+    fn repairs_fix_every_kind_of_drift() {
+        let desired = map(&[("gone.com", "s1"), ("moved.com", "s1"), ("twice.com", "s1")]);
+        let actual = held(&[("moved.com", "s2"), ("twice.com", "s1"), ("twice.com", "s1"), ("x.com", "s1")]);
+        let changes = repairs(&desired, &actual);
+        assert_eq!(
+            changes,
+            vec![
+                RuntimeChange::Add { fqdn: "gone.com".into(), backend: "s1".into() },
+                RuntimeChange::Set { fqdn: "moved.com".into(), backend: "s1".into() },
+                RuntimeChange::Del { fqdn: "twice.com".into() },
+                RuntimeChange::Add { fqdn: "twice.com".into(), backend: "s1".into() },
+                RuntimeChange::Del { fqdn: "x.com".into() },
+            ]
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! What this host's HAProxy should hold: the FQDN map and the backends, at a version.
+
+use std::collections::BTreeMap;
+
+/// HAProxy map contents: FQDN -> backend name (`shard-NAME`).
+pub type MapEntries = BTreeMap<String, String>;
+
+/// One backend server (an nginx node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// HAProxy server name (the node's name).
+    pub name: String,
+    /// `host:port` HAProxy connects to.
+    pub address: String,
+}
+
+/// One shard's backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `shard-NAME`.
+    pub name: String,
+    pub servers: Vec<Server>,
+}
+
+/// Everything `haproxy.cfg` is rendered from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Map file path inside the HAProxy container.
+    pub map_path: String,
+    /// Backends sorted by name.
+    pub backends: Vec<Backend>,
+}
+
+/// The full desired state of this host at `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    pub version: u64,
+    /// The HAProxy container this agent drives.
+    pub container: String,
+    pub topology: Topology,
+    pub map: MapEntries,
+}
+
+/// One change to the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapChange {
+    /// Add or change a key.
+    Upsert { fqdn: String, backend: String },
+    /// Remove a key.
+    Remove { fqdn: String },
+}
+
+impl DesiredState {
+    /// Applies map changes in order, as a delta from the coordinator does.
+    pub fn apply_changes(&mut self, changes: &[MapChange]) {
+        for change in changes {
+            match change {
+                MapChange::Upsert { fqdn, backend } => {
+                    self.map.insert(fqdn.clone(), backend.clone());
+                }
+                MapChange::Remove { fqdn } => {
+                    self.map.remove(fqdn);
+                }
+            }
+        }
+    }
+}
+
+/// The changes that turn `actual` into `desired`, in key order; empty when they agree.
+pub fn map_diff(desired: &MapEntries, actual: &MapEntries) -> Vec<MapChange> {
+    let mut changes = Vec::new();
+    for (fqdn, backend) in desired {
+        if actual.get(fqdn) != Some(backend) {
+            changes.push(MapChange::Upsert { fqdn: fqdn.clone(), backend: backend.clone() });
+        }
+    }
+    for fqdn in actual.keys() {
+        if !desired.contains_key(fqdn) {
+            changes.push(MapChange::Remove { fqdn: fqdn.clone() });
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, &str)]) -> MapEntries {
+        entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn diff_finds_missing_changed_and_extra_keys() {
+        let desired = map(&[("a.com", "shard-1"), ("b.com", "shard-2"), ("c.com", "shard-1")]);
+        let actual = map(&[("a.com", "shard-1"), ("b.com", "shard-1"), ("x.com", "shard-9")]);
+        let changes = map_diff(&desired, &actual);
+        assert_eq!(
+            changes,
+            vec![
+                MapChange::Upsert { fqdn: "b.com".into(), backend: "shard-2".into() },
+                MapChange::Upsert { fqdn: "c.com".into(), backend: "shard-1".into() },
+                MapChange::Remove { fqdn: "x.com".into() },
+            ]
+        );
+        assert!(map_diff(&desired, &desired).is_empty());
+    }
+
+    #[test]
+    fn applying_the_diff_converges() {
+        let desired = map(&[("a.com", "shard-1"), ("b.com", "shard-2")]);
+        let actual = map(&[("b.com", "shard-1"), ("z.com", "shard-3")]);
+        let mut state = DesiredState {
+            version: 1,
+            container: "lb".into(),
+            topology: Topology { map_path: "/m".into(), backends: vec![] },
+            map: actual,
+        };
+        state.apply_changes(&map_diff(&desired, &state.map.clone()));
+        assert_eq!(state.map, desired);
+    }
+}

@@ -1,0 +1,249 @@
+//! The HAProxy driver: map file, runtime API (admin socket or `docker exec socat`),
+//! `haproxy.cfg` rendering, validation and hitless reload.
+
+mod cli;
+mod config;
+mod map_file;
+mod runtime;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use runtime::RuntimeCommandError;
+pub use runtime::RuntimeReport;
+pub use stats::ServerHealth;
+use tracing::warn;
+
+use crate::desired::MapChange;
+use crate::docker::DockerError;
+use crate::docker::DockerHost;
+
+/// The admin socket inside the container (the image's `stats socket`).
+pub const ADMIN_SOCKET_IN_CONTAINER: &str = "/var/run/haproxy/admin.sock";
+/// `haproxy.cfg` inside the container.
+pub const CONFIG_PATH_IN_CONTAINER: &str = "/usr/local/etc/haproxy/haproxy.cfg";
+/// File names in the shared socket directory.
+const ADMIN_SOCKET: &str = "admin.sock";
+const MASTER_SOCKET: &str = "master.sock";
+const CONFIG_FILE: &str = "haproxy.cfg";
+
+/// Default bound on one command with its payload: HAProxy's `tune.bufsize` is 16 KiB and
+/// a command of 16,411 bytes was refused in tests, 16,295 accepted.
+pub const DEFAULT_PAYLOAD_LIMIT: usize = 15 * 1024;
+
+/// Errors of the HAProxy driver.
+#[derive(Debug, thiserror::Error)]
+pub enum HaproxyError {
+    /// A key, value or name could smuggle a second command into the runtime API or the map file.
+    #[error("refusing {what} {value:?}: whitespace, control characters, quotes and ;#\\ or << are not allowed")]
+    UnsafeWord { what: &'static str, value: String },
+    /// A topology name or address HAProxy's config could not take as a single word.
+    #[error("invalid {what} {value:?} for haproxy.cfg: use letters, digits and . _ - : (addresses also [ ])")]
+    InvalidName { what: &'static str, value: String },
+    /// The admin socket could not be reached.
+    #[error("admin socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing an open admin session failed.
+    #[error("admin session I/O: {source}")]
+    SocketIo {
+        #[source]
+        source: std::io::Error,
+    },
+    /// HAProxy closed the session before answering every command.
+    #[error("HAProxy closed the admin session after {answered} of {expected} answers: {message}")]
+    SessionClosed { answered: usize, expected: usize, message: String },
+    /// HAProxy refused a command.
+    #[error("HAProxy refused `{command}`: {message}")]
+    Command { command: String, message: String },
+    /// The operation needs the Docker API, and the driver has none.
+    #[error("{op} needs the Docker API, but no Docker host is configured")]
+    NoDocker { op: &'static str },
+    /// A Docker call failed.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// An operation took longer than allowed.
+    #[error("{op} timed out after {after:?}")]
+    Timeout { op: &'static str, after: Duration },
+    /// A file on the host could not be written or read.
+    #[error("{op} {path}: {source}")]
+    File {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The askama template failed to render.
+    #[error("rendering haproxy.cfg: {0}")]
+    Render(#[from] askama::Error),
+    /// `haproxy -c` refused the rendered config; the running config is untouched.
+    #[error("HAProxy refused the new config (the old one keeps running): {output}")]
+    InvalidConfig { output: String },
+    /// The reload itself failed.
+    #[error("HAProxy reload failed: {message}")]
+    Reload { message: String },
+}
+
+/// How the runtime API is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeMode {
+    /// The admin socket shared through the bind-mounted socket directory.
+    Socket,
+    /// `docker exec <container> socat stdio UNIX-CONNECT:<admin socket>`.
+    Exec,
+    /// The socket when `<socket_dir>/admin.sock` exists, else exec.
+    Auto,
+}
+
+/// How a new `haproxy.cfg` is put into service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadMode {
+    /// Master CLI `reload` when the master socket is shared, else `docker kill -s USR2`; no connection drops.
+    Hitless,
+    /// `docker stop` + `docker start`, the old way, kept as a fallback.
+    Restart,
+}
+
+/// The HAProxy container this agent drives and where its files are shared with the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyTarget {
+    /// Container name or id.
+    pub container: String,
+    /// Host directory bind-mounted at `/var/run/haproxy` (admin and master sockets).
+    pub socket_dir: Option<PathBuf>,
+    /// Host directory bind-mounted at `/var/lib/haproxy/maps`.
+    pub map_dir: Option<PathBuf>,
+    /// Host directory bind-mounted at `/usr/local/etc/haproxy`.
+    pub config_dir: Option<PathBuf>,
+    /// The map file path inside the container; also the runtime API's map name.
+    pub map_path: String,
+    /// How config changes are put into service.
+    pub reload: ReloadMode,
+}
+
+/// One runtime API change to the FQDN map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeChange {
+    /// A key not in the map yet (`add map`).
+    Add { fqdn: String, backend: String },
+    /// A key that may exist (`set map`, then `add map` when HAProxy says it does not).
+    Set { fqdn: String, backend: String },
+    /// Remove every entry of a key (`del map`); a missing key is fine.
+    Del { fqdn: String },
+}
+
+impl From<&MapChange> for RuntimeChange {
+    /// An upsert becomes `Set`, which adds the key when it is missing.
+    fn from(change: &MapChange) -> RuntimeChange {
+        match change {
+            MapChange::Upsert { fqdn, backend } => RuntimeChange::Set { fqdn: fqdn.clone(), backend: backend.clone() },
+            MapChange::Remove { fqdn } => RuntimeChange::Del { fqdn: fqdn.clone() },
+        }
+    }
+}
+
+/// Drives one HAProxy container: map file, runtime API, config and reloads.
+#[derive(Debug, Clone)]
+pub struct Haproxy {
+    target: HaproxyTarget,
+    docker: Option<DockerHost>,
+    mode: RuntimeMode,
+    session_timeout: Duration,
+    ready_timeout: Duration,
+    payload_limit: usize,
+}
+
+impl Haproxy {
+    /// A driver for `target`; `docker` is needed for the exec path, `haproxy -c` and reloads by signal or restart.
+    pub fn new(target: HaproxyTarget, docker: Option<DockerHost>, mode: RuntimeMode) -> Haproxy {
+        Haproxy {
+            target,
+            docker,
+            mode,
+            session_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(30),
+            payload_limit: DEFAULT_PAYLOAD_LIMIT,
+        }
+    }
+
+    /// Bounds one runtime API session (default 60 s) and the wait for HAProxy after a reload (default 30 s).
+    pub fn with_timeouts(mut self, session: Duration, ready: Duration) -> Haproxy {
+        self.session_timeout = session;
+        self.ready_timeout = ready;
+        self
+    }
+
+    /// Largest command with payload sent to HAProxy; keep it below its `tune.bufsize`.
+    pub fn with_payload_limit(mut self, bytes: usize) -> Haproxy {
+        self.payload_limit = bytes.max(1024);
+        self
+    }
+
+    /// The target this driver was built for.
+    pub fn target(&self) -> &HaproxyTarget {
+        &self.target
+    }
+
+    /// Which path the runtime API takes now (Socket or Exec), for reports.
+    pub fn runtime_path(&self) -> RuntimeMode {
+        match self.mode {
+            RuntimeMode::Auto if self.admin_socket().is_some_and(|path| path.exists()) => RuntimeMode::Socket,
+            RuntimeMode::Auto => RuntimeMode::Exec,
+            mode => mode,
+        }
+    }
+
+    fn admin_socket(&self) -> Option<PathBuf> {
+        self.target.socket_dir.as_deref().map(|dir| dir.join(ADMIN_SOCKET))
+    }
+
+    fn master_socket(&self) -> Option<PathBuf> {
+        self.target.socket_dir.as_deref().map(|dir| dir.join(MASTER_SOCKET))
+    }
+
+    fn config_file(&self) -> Option<PathBuf> {
+        self.target.config_dir.as_deref().map(|dir| dir.join(CONFIG_FILE))
+    }
+
+    fn docker(&self, op: &'static str) -> Result<&DockerHost, HaproxyError> {
+        self.docker.as_ref().ok_or(HaproxyError::NoDocker { op })
+    }
+
+    /// Opens an admin session on the path `runtime_path` picks; Auto falls back to exec when the socket refuses.
+    async fn session(&self) -> Result<cli::Session, HaproxyError> {
+        match (self.runtime_path(), self.admin_socket()) {
+            (RuntimeMode::Socket, Some(path)) => match cli::Session::connect(&path).await {
+                Err(error) if self.mode == RuntimeMode::Auto && self.docker.is_some() => {
+                    warn!(%error, container = %self.target.container, "admin socket unusable, using docker exec");
+                    self.exec_session().await
+                }
+                result => result,
+            },
+            (RuntimeMode::Socket, None) => Err(HaproxyError::Socket {
+                path: PathBuf::from(ADMIN_SOCKET),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no socket directory configured"),
+            }),
+            _ => self.exec_session().await,
+        }
+    }
+
+    async fn exec_session(&self) -> Result<cli::Session, HaproxyError> {
+        let docker = self.docker("the runtime API over docker exec")?;
+        cli::Session::exec(docker, &self.target.container, ADMIN_SOCKET_IN_CONTAINER).await
+    }
+
+    /// Runs `fut` under the session timeout.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, HaproxyError>>,
+    ) -> Result<T, HaproxyError> {
+        tokio::time::timeout(self.session_timeout, fut)
+            .await
+            .unwrap_or(Err(HaproxyError::Timeout { op, after: self.session_timeout }))
+    }
+}

@@ -1,0 +1,101 @@
+//! Backend server health from `show stat` (CSV, one header line starting with `# `).
+
+/// Health of one backend server as HAProxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHealth {
+    /// Backend (proxy) name, e.g. `shard-web-1`.
+    pub backend: String,
+    /// Server name, e.g. `web-1-node-0`.
+    pub server: String,
+    /// `UP`, `DOWN`, `MAINT`, `no check`, or transitional states like `UP 1/3`.
+    pub status: String,
+    /// Last check result code, e.g. `L7OK`, `L4CON` (empty without checks).
+    pub check_status: String,
+    /// Description of the last check, e.g. `Layer4 connection problem`.
+    pub check: String,
+}
+
+impl ServerHealth {
+    /// Whether the server takes traffic (`UP`, including `UP` while going down, or `no check`).
+    pub fn is_up(&self) -> bool {
+        self.status.starts_with("UP") || self.status == "no check"
+    }
+}
+
+/// Parses `show stat` output, keeping only server rows.
+pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerHealth>, String> {
+    let mut lines = output.lines();
+    let header = lines
+        .next()
+        .and_then(|line| line.strip_prefix("# "))
+        .ok_or_else(|| output.trim().chars().take(200).collect::<String>())?;
+    let columns: Vec<&str> = header.split(',').collect();
+    let column = |name: &str| columns.iter().position(|c| *c == name).ok_or_else(|| format!("no {name} column"));
+    let (pxname, svname, status) = (column("pxname")?, column("svname")?, column("status")?);
+    let check_status = column("check_status").ok();
+    let check_desc = column("check_desc").ok();
+
+    let mut servers = Vec::new();
+    let mut fields = Vec::with_capacity(columns.len());
+    for line in lines.filter(|line| !line.is_empty()) {
+        split_csv(line, &mut fields);
+        let field = |i: Option<usize>| i.and_then(|i| fields.get(i)).cloned().unwrap_or_default();
+        let server = field(Some(svname));
+        if server == "FRONTEND" || server == "BACKEND" {
+            continue;
+        }
+        servers.push(ServerHealth {
+            backend: field(Some(pxname)),
+            server,
+            status: field(Some(status)),
+            check_status: field(check_status),
+            check: field(check_desc),
+        });
+    }
+    Ok(servers)
+}
+
+/// Splits one CSV line; HAProxy quotes fields holding commas or quotes and doubles inner quotes.
+fn split_csv(line: &str, out: &mut Vec<String>) {
+    out.clear();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    out.push(field);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_server_rows_with_status_and_check() {
+        let output = "# pxname,svname,status,check_status,check_desc,\n\
+            shard-web-1,web-1-node-0,UP,L4OK,\"Layer4 check passed, fine\",\n\
+            shard-web-1,BACKEND,UP,,,\n\
+            shard-web-2,web-2-node-0,DOWN,L4CON,Connection refused,\n";
+        let servers = parse_show_stat(output).expect("parsed");
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[0].backend, "shard-web-1");
+        assert_eq!(servers[0].check, "Layer4 check passed, fine");
+        assert!(servers[0].is_up());
+        assert_eq!(servers[1].status, "DOWN");
+        assert!(!servers[1].is_up());
+    }
+
+    #[test]
+    fn an_error_message_is_not_a_table() {
+        assert!(parse_show_stat("Permission denied\n").is_err());
+    }
+}

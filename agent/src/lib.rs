@@ -1,0 +1,10 @@
+//! lbfleet's per-host agent: one mTLS stream to the coordinator, and the drivers that apply
+//! this host's assigned state to the local HAProxy container.
+#![forbid(unsafe_code)]
+
+pub mod applier;
+pub mod config;
+pub mod desired;
+pub mod docker;
+pub mod haproxy;
+pub mod session;

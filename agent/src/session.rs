@@ -1,0 +1,246 @@
+//! The agent's one stream to the coordinator: connect (following the leader), resume from the
+//! held version, apply what arrives, answer with acks, nacks and reports, and reconnect with backoff.
+
+use std::time::Duration;
+
+use lbfleet_proto::pb;
+use lbfleet_proto::pb::agent_message::Kind as AgentKind;
+use lbfleet_proto::pb::agent_stream_client::AgentStreamClient;
+use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
+use lbfleet_proto::tls::TlsDir;
+use lbfleet_proto::Identity;
+use lbfleet_proto::Role;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::ClientTlsConfig;
+use tonic::transport::Endpoint;
+use tracing::info;
+use tracing::warn;
+
+use crate::applier::Applier;
+use crate::config::AgentConfig;
+
+/// Metadata key in which a follower names the leader's address.
+const LEADER_METADATA: &str = "x-lbfleet-leader";
+/// Largest message accepted: a full state of a million FQDNs is tens of MB.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// The agent sends a heartbeat this often.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Silence from the coordinator for this long means the stream is dead.
+const COORDINATOR_TTL: Duration = Duration::from_secs(10);
+/// Backoff bounds between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why the agent cannot start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid host id: {0}")]
+    Identity(#[from] lbfleet_proto::identity::IdentityError),
+    #[error(transparent)]
+    Tls(#[from] lbfleet_proto::tls::TlsError),
+}
+
+/// How one stream ended.
+enum Ended {
+    /// The coordinator named another node as leader.
+    Redirect(String),
+    /// Anything else: try the next endpoint after a backoff.
+    Failed(String),
+    /// Our state does not fit the coordinator's deltas: start over from the full state.
+    Resync(String),
+}
+
+/// Runs the agent until the process is stopped.
+pub async fn run(config: AgentConfig) -> Result<(), StartError> {
+    let identity = Identity::new(Role::Agent, &config.host_id)?;
+    let tls = TlsDir::new(&config.tls_dir).client_config(&identity)?;
+    let mut applier = Applier::new(config.clone()).await;
+    let mut endpoints = config.endpoints.clone();
+    let mut next = 0;
+    let mut backoff = BACKOFF_MIN;
+    let mut reconcile = tokio::time::interval(config.reconcile_interval);
+    loop {
+        let endpoint = endpoints[next % endpoints.len()].clone();
+        let connected_at = tokio::time::Instant::now();
+        match stream(&endpoint, &tls, &config, &mut applier).await {
+            Ended::Redirect(leader) => {
+                info!(%leader, "following the coordinator leader");
+                if !endpoints.contains(&leader) {
+                    endpoints.push(leader.clone());
+                }
+                next = endpoints.iter().position(|e| *e == leader).unwrap_or(0);
+                continue;
+            }
+            Ended::Resync(reason) => {
+                warn!(%reason, "state out of step with the coordinator; asking for the full state");
+                applier.forget();
+                continue;
+            }
+            Ended::Failed(reason) => warn!(%endpoint, %reason, "coordinator stream ended"),
+        }
+        if connected_at.elapsed() > Duration::from_secs(30) {
+            backoff = BACKOFF_MIN;
+        }
+        next += 1;
+        // HAProxy keeps routing while we are away; keep repairing it from the state we hold.
+        let pause = tokio::time::sleep(jitter(backoff));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                _ = reconcile.tick() => {
+                    reconcile_now(&mut applier).await;
+                }
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Spreads reconnects of many agents over time.
+fn jitter(base: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+/// Reconciles once; true when drift was found (worth reporting at once).
+async fn reconcile_now(applier: &mut Applier) -> bool {
+    match applier.reconcile().await {
+        Ok(Some(drift)) => {
+            info!(missing = drift.missing, wrong = drift.wrong, extra = drift.extra, "drift repaired");
+            true
+        }
+        Ok(None) => false,
+        Err(error) => {
+            warn!(%error, "reconcile failed");
+            false
+        }
+    }
+}
+
+/// One stream's life, from connect to its end.
+async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, applier: &mut Applier) -> Ended {
+    let channel = match Endpoint::from_shared(format!("https://{endpoint}"))
+        .and_then(|e| e.tls_config(tls.clone()))
+        .map(|e| e.tcp_nodelay(true).connect_timeout(Duration::from_secs(3)))
+    {
+        Ok(endpoint) => match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(error) => return Ended::Failed(format!("connect: {error}")),
+        },
+        Err(error) => return Ended::Failed(format!("bad endpoint: {error}")),
+    };
+    let mut client = AgentStreamClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
+    let (digest, entries) = applier.map_summary();
+    let hello = pb::Hello {
+        host_id: config.host_id.clone(),
+        last_applied_version: applier.version(),
+        map_digest: digest,
+        map_entries: entries,
+    };
+    if out.send(message(AgentKind::Hello(hello))).await.is_err() {
+        return Ended::Failed("stream closed before hello".into());
+    }
+    let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            if let Some(leader) = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+                return Ended::Redirect(leader.to_string());
+            }
+            return Ended::Failed(format!("{}: {}", status.code(), status.message()));
+        }
+    };
+    info!(%endpoint, version = applier.version(), "connected to coordinator");
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut reconcile = tokio::time::interval(config.reconcile_interval);
+    let mut report = tokio::time::interval(config.report_interval);
+    let mut last_heard = tokio::time::Instant::now();
+    // A fresh connection starts with a reconcile: HAProxy may have changed while we were away.
+    let mut reconcile_soon = true;
+    loop {
+        if reconcile_soon {
+            reconcile_soon = false;
+            if reconcile_now(applier).await {
+                let report = applier.report(0, false).await;
+                if out.send(message(AgentKind::Report(report))).await.is_err() {
+                    return Ended::Failed("stream closed".into());
+                }
+            }
+        }
+        tokio::select! {
+            received = inbound.message() => match received {
+                Ok(Some(received)) => {
+                    last_heard = tokio::time::Instant::now();
+                    let Some(kind) = received.kind else { continue };
+                    match kind {
+                        CoordinatorKind::Heartbeat(_) => {}
+                        CoordinatorKind::ReportRequest(request) => {
+                            let report = applier.report(request.id, request.include_map).await;
+                            if out.send(message(AgentKind::Report(report))).await.is_err() {
+                                return Ended::Failed("stream closed".into());
+                            }
+                        }
+                        update => {
+                            let offered = version_of(&update);
+                            let answer = match applier.apply(update).await {
+                                Ok(version) => AgentKind::Ack(pb::Ack { version }),
+                                Err(error) if error.needs_resync() => return Ended::Resync(error.to_string()),
+                                Err(error) => {
+                                    warn!(version = offered, %error, "could not apply version");
+                                    AgentKind::Nack(pb::Nack { version: offered, error: error.to_string() })
+                                }
+                            };
+                            if out.send(message(answer)).await.is_err() {
+                                return Ended::Failed("stream closed".into());
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return Ended::Failed("coordinator closed the stream".into()),
+                Err(status) => {
+                    if let Some(leader) = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+                        return Ended::Redirect(leader.to_string());
+                    }
+                    return Ended::Failed(format!("{}: {}", status.code(), status.message()));
+                }
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > COORDINATOR_TTL {
+                    return Ended::Failed("coordinator silent for longer than its TTL".into());
+                }
+                if out.send(message(AgentKind::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                    return Ended::Failed("stream closed".into());
+                }
+                // A restarted HAProxy container holds only its map file; repair at once.
+                if applier.container_restarted().await {
+                    info!("HAProxy container restarted; reconciling");
+                    reconcile_soon = true;
+                }
+            },
+            _ = reconcile.tick() => reconcile_soon = true,
+            _ = report.tick() => {
+                let report = applier.report(0, false).await;
+                if out.send(message(AgentKind::Report(report))).await.is_err() {
+                    return Ended::Failed("stream closed".into());
+                }
+            },
+        }
+    }
+}
+
+fn message(kind: AgentKind) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(kind) }
+}
+
+fn version_of(kind: &CoordinatorKind) -> u64 {
+    match kind {
+        CoordinatorKind::Full(full) => full.version,
+        CoordinatorKind::Delta(delta) => delta.version,
+        _ => 0,
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs lbfleet's whole test suite: formatting, lints, unit, cluster, process and Docker tests.
+# Builds what the tests need first (binaries, and the HAProxy/nginx images without a registry).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "images for the Docker tests"
+if docker info >/dev/null 2>&1; then
+  docker/build-images.sh base haproxy node
+elif [ -n "${CI:-}" ]; then
+  echo "error: CI is set but no Docker engine answers; the Docker tests cannot run" >&2
+  exit 1
+else
+  echo "no Docker engine: the Docker tests will say so and skip (they fail when CI is set)"
+fi
+
+step "binaries used by the process tests"
+cargo build --workspace --bins
+
+step "lints"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --workspace --no-fail-fast
