@@ -35,10 +35,7 @@ where
         if let Some(value) = check().await {
             return Ok(value);
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -65,18 +62,12 @@ impl TestCluster {
     pub async fn start(size: u64, snapshot_every: u64) -> anyhow::Result<TestCluster> {
         let dir = tempfile::tempdir()?;
         let tls_path = dir.path().join("tls");
-        let mut identities: Vec<Identity> = (1..=MAX_NODES)
-            .map(|id| Identity::new(Role::Coordinator, &id.to_string()))
-            .collect::<Result<_, _>>()?;
+        let mut identities: Vec<Identity> =
+            (1..=MAX_NODES).map(|id| Identity::new(Role::Coordinator, &id.to_string())).collect::<Result<_, _>>()?;
         identities.push(Identity::new(Role::Admin, "test")?);
         identities.push(Identity::new(Role::Agent, "lb-a")?);
         pki::init(&tls_path, &identities)?;
-        let mut cluster = TestCluster {
-            dir,
-            tls: TlsDir::new(tls_path),
-            nodes: BTreeMap::new(),
-            snapshot_every,
-        };
+        let mut cluster = TestCluster { dir, tls: TlsDir::new(tls_path), nodes: BTreeMap::new(), snapshot_every };
         for id in 1..=size {
             cluster.spawn(id, "127.0.0.1:0".parse()?).await?;
         }
@@ -117,14 +108,7 @@ impl TestCluster {
         .with_context(|| format!("starting node {id}"))?;
         config.listen = coordinator.local_addr;
         let address = coordinator.advertise.clone();
-        self.nodes.insert(
-            id,
-            TestNode {
-                runtime: Some(runtime),
-                coordinator: Some(coordinator),
-                config,
-            },
-        );
+        self.nodes.insert(id, TestNode { runtime: Some(runtime), coordinator: Some(coordinator), config });
         Ok(address)
     }
 
@@ -140,21 +124,15 @@ impl TestCluster {
 
     /// Ids of the nodes currently running.
     pub fn running(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| n.coordinator.is_some())
-            .map(|(id, _)| *id)
-            .collect()
+        self.nodes.iter().filter(|(_, n)| n.coordinator.is_some()).map(|(id, _)| *id).collect()
     }
 
     /// Waits until every running node agrees on one running leader, and returns it.
     pub async fn leader(&self) -> anyhow::Result<u64> {
         wait_for("a leader all running nodes agree on", WAIT, || async {
             let running = self.running();
-            let leaders: Vec<Option<u64>> = running
-                .iter()
-                .map(|id| self.coordinator(*id).raft.metrics().borrow().current_leader)
-                .collect();
+            let leaders: Vec<Option<u64>> =
+                running.iter().map(|id| self.coordinator(*id).raft.metrics().borrow().current_leader).collect();
             let first = leaders.first().copied().flatten()?;
             (running.contains(&first) && leaders.iter().all(|l| *l == Some(first))).then_some(first)
         })

@@ -16,47 +16,26 @@ use lbfleet_tests::inproc::WAIT;
 /// Creates cluster `c1` with shard `web-1`.
 async fn topology(client: &Client) -> anyhow::Result<()> {
     client
-        .write(Kind::CreateCluster(pb::CreateCluster {
-            name: "c1".into(),
-            haproxy_container: String::new(),
-        }))
+        .write(Kind::CreateCluster(pb::CreateCluster { name: "c1".into(), haproxy_container: String::new() }))
         .await?;
-    client
-        .write(Kind::CreateShard(pb::CreateShard {
-            name: "web-1".into(),
-            cluster: "c1".into(),
-        }))
-        .await?;
+    client.write(Kind::CreateShard(pb::CreateShard { name: "web-1".into(), cluster: "c1".into() })).await?;
     Ok(())
 }
 
 async fn bind(client: &Client, fqdn: &str) -> Result<pb::WriteReply, ClientError> {
-    client
-        .write(Kind::Bind(pb::Bind {
-            fqdn: fqdn.into(),
-            shard: "web-1".into(),
-            cluster: String::new(),
-        }))
-        .await
+    client.write(Kind::Bind(pb::Bind { fqdn: fqdn.into(), shard: "web-1".into(), cluster: String::new() })).await
 }
 
 /// The FQDNs bound in `c1` as node `id` has applied them (no leader involved).
 fn bound_on(cluster: &TestCluster, id: u64) -> BTreeSet<String> {
     let applied = cluster.coordinator(id).shared.read();
-    applied
-        .state
-        .clusters
-        .get("c1")
-        .map(|c| c.bindings.keys().map(|f| f.to_string()).collect())
-        .unwrap_or_default()
+    applied.state.clusters.get("c1").map(|c| c.bindings.keys().map(|f| f.to_string()).collect()).unwrap_or_default()
 }
 
 async fn wait_bound_on(cluster: &TestCluster, id: u64, expected: &BTreeSet<String>) -> anyhow::Result<()> {
-    wait_for(
-        &format!("node {id} to apply {} bindings", expected.len()),
-        WAIT,
-        || async { bound_on(cluster, id).is_superset(expected).then_some(()) },
-    )
+    wait_for(&format!("node {id} to apply {} bindings", expected.len()), WAIT, || async {
+        bound_on(cluster, id).is_superset(expected).then_some(())
+    })
     .await
 }
 
@@ -64,11 +43,7 @@ async fn wait_bound_on(cluster: &TestCluster, id: u64, expected: &BTreeSet<Strin
 async fn bind_through_a_follower_reaches_every_node() -> anyhow::Result<()> {
     let cluster = TestCluster::start(3, 10_000).await?;
     let leader = cluster.leader().await?;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
     let client = cluster.client_of(follower).await?;
     assert_eq!(client.endpoint, cluster.address(follower));
     topology(&client).await?;
@@ -119,11 +94,7 @@ async fn node_restarts_from_its_data_dir() -> anyhow::Result<()> {
     let client = cluster.client().await?;
     topology(&client).await?;
     let leader = cluster.leader().await?;
-    let restarted = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let restarted = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
     let mut expected = BTreeSet::new();
     for i in 0..20 {
         let fqdn = format!("before-{i}.example.com");
@@ -165,10 +136,7 @@ async fn new_member_catches_up_by_snapshot() -> anyhow::Result<()> {
     .await?;
     let address = cluster.spawn(4, "127.0.0.1:0".parse()?).await?;
     let status = client
-        .change_membership(pb::change_membership_request::Change::Add(pb::MemberAddress {
-            id: 4,
-            address,
-        }))
+        .change_membership(pb::change_membership_request::Change::Add(pb::MemberAddress { id: 4, address }))
         .await?;
     assert!(status.members.iter().any(|m| m.id == 4 && m.voter));
     wait_bound_on(&cluster, 4, &expected).await?;
@@ -188,19 +156,10 @@ async fn member_removal_shrinks_the_group() -> anyhow::Result<()> {
     let cluster = TestCluster::start(3, 10_000).await?;
     let client = cluster.client().await?;
     let leader = cluster.leader().await?;
-    let removed = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
-    let status = client
-        .change_membership(pb::change_membership_request::Change::Remove(removed))
-        .await?;
+    let removed = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+    let status = client.change_membership(pb::change_membership_request::Change::Remove(removed)).await?;
     assert!(!status.members.iter().any(|m| m.id == removed && m.voter));
-    let err = client
-        .change_membership(pb::change_membership_request::Change::Remove(99))
-        .await
-        .unwrap_err();
+    let err = client.change_membership(pb::change_membership_request::Change::Remove(99)).await.unwrap_err();
     assert!(err.to_string().contains("not a voting member"), "{err}");
     topology(&client).await?;
     Ok(())
@@ -212,29 +171,15 @@ async fn bad_requests_get_clear_errors_and_change_nothing() -> anyhow::Result<()
     let client = cluster.client().await?;
     topology(&client).await?;
     let before = client.cluster("c1", None).await?;
-    let err = bind(&client, "evil.com\nclear map /var/lib/haproxy/maps/fqdn-to-shard.map")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Status(s) if s.code() == tonic::Code::InvalidArgument),
-        "{err}"
-    );
+    let err = bind(&client, "evil.com\nclear map /var/lib/haproxy/maps/fqdn-to-shard.map").await.unwrap_err();
+    assert!(matches!(&err, ClientError::Status(s) if s.code() == tonic::Code::InvalidArgument), "{err}");
     assert!(!err.to_string().contains('\n'), "one line: {err}");
     let err = client
-        .write(Kind::Bind(pb::Bind {
-            fqdn: "ok.com".into(),
-            shard: "nope".into(),
-            cluster: String::new(),
-        }))
+        .write(Kind::Bind(pb::Bind { fqdn: "ok.com".into(), shard: "nope".into(), cluster: String::new() }))
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "shard \"nope\" not found");
-    let err = client
-        .write(Kind::Unbind(pb::Unbind {
-            fqdn: "missing.com".into(),
-            cluster: String::new(),
-        }))
-        .await;
+    let err = client.write(Kind::Unbind(pb::Unbind { fqdn: "missing.com".into(), cluster: String::new() })).await;
     assert!(matches!(err, Err(ClientError::Status(s)) if s.code() == tonic::Code::NotFound));
     let err = client
         .write(Kind::AddNode(pb::AddNode {
@@ -264,18 +209,13 @@ async fn wrong_certificates_and_plaintext_are_refused() -> anyhow::Result<()> {
     lbfleet_coordinator::pki::init(other.path(), std::slice::from_ref(&stranger))?;
     let other_tls = lbfleet_proto::tls::TlsDir::new(other.path()).client_config(&stranger)?;
     let refused = Client::first_reachable(std::slice::from_ref(&address), &other_tls, Duration::from_secs(3)).await;
-    assert!(
-        matches!(refused, Err(ClientError::Unreachable { .. })),
-        "foreign CA accepted"
-    );
+    assert!(matches!(refused, Err(ClientError::Unreachable { .. })), "foreign CA accepted");
 
     // An agent certificate of the right CA may not use the operator API.
     let agent = Identity::new(Role::Agent, "lb-a")?;
     let agent_tls = cluster.tls.client_config(&agent)?;
     let refused = Client::first_reachable(std::slice::from_ref(&address), &agent_tls, Duration::from_secs(3)).await;
-    let Err(ClientError::Unreachable { tried }) = refused else {
-        panic!("agent certificate accepted")
-    };
+    let Err(ClientError::Unreachable { tried }) = refused else { panic!("agent certificate accepted") };
     assert!(tried[0].contains("agent:lb-a"), "{tried:?}");
 
     // Nor the Raft transport, which only coordinators may call.
@@ -298,10 +238,7 @@ async fn wrong_certificates_and_plaintext_are_refused() -> anyhow::Result<()> {
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(3));
     let result = match plaintext.connect().await {
-        Ok(channel) => pb::admin_client::AdminClient::new(channel)
-            .status(pb::StatusRequest {})
-            .await
-            .map(|_| ()),
+        Ok(channel) => pb::admin_client::AdminClient::new(channel).status(pb::StatusRequest {}).await.map(|_| ()),
         Err(error) => Err(tonic::Status::unavailable(error.to_string())),
     };
     assert!(result.is_err(), "plaintext client was served");
