@@ -12,7 +12,7 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
+    lbfleet_proto::process::init_logging("info");
     let config = match args.resolve() {
         Ok(config) => config,
         Err(error) => {
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         tokio::select! {
             result = session::run(config) => result,
-            _ = shutdown_signal() => Ok(()),
+            _ = lbfleet_proto::process::shutdown_signal() => Ok(()),
         }
     });
     match result {
@@ -39,31 +39,5 @@ fn main() -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_CONFIG)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// Logs go to stderr; `LBFLEET_LOG` sets the filter, `LBFLEET_LOG_FORMAT=json` the format.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LBFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("LBFLEET_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

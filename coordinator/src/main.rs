@@ -21,7 +21,7 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    lbfleet_proto::process::init_logging("info,openraft=warn");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -93,16 +93,4 @@ fn pki_init(
         println!("{what} {} ({})", issued.cert.display(), issued.identity);
     }
     Ok(())
-}
-
-/// Logs go to stderr; `LBFLEET_LOG` sets the filter, `LBFLEET_LOG_FORMAT=json` the format.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LBFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("LBFLEET_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

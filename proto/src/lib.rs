@@ -5,6 +5,7 @@
 pub mod digest;
 pub mod fqdn;
 pub mod identity;
+pub mod process;
 pub mod tls;
 
 pub use digest::MapDigest;

@@ -181,22 +181,8 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         members.entry(config.node_id).or_insert_with(|| coordinator.advertise.clone());
         coordinator.bootstrap(&members).await?;
     }
-    shutdown_signal().await;
+    lbfleet_proto::process::shutdown_signal().await;
     info!("shutting down");
     coordinator.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
