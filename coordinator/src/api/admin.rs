@@ -9,8 +9,6 @@ use lbfleet_proto::pb;
 use lbfleet_proto::pb::admin_client::AdminClient;
 use lbfleet_proto::pb::change_membership_request::Change;
 use lbfleet_proto::Role;
-use openraft::error::ClientWriteError;
-use openraft::error::RaftError;
 use tonic::transport::Channel;
 use tonic::Request;
 use tonic::Response;
@@ -18,6 +16,7 @@ use tonic::Status;
 
 use super::convert;
 use super::forward::Forwarder;
+use super::group_commit::GroupCommit;
 use super::lb_state;
 use crate::agents::registry::AgentRegistry;
 use crate::raft::state_machine::SharedState;
@@ -39,6 +38,7 @@ pub struct AdminService {
     forwarder: Forwarder,
     committed: Arc<AtomicU64>,
     agents: Arc<AgentRegistry>,
+    writes: GroupCommit,
 }
 
 /// Where a request that needs the leader is served.
@@ -56,7 +56,8 @@ impl AdminService {
         committed: Arc<AtomicU64>,
         agents: Arc<AgentRegistry>,
     ) -> AdminService {
-        AdminService { raft, shared, forwarder, committed, agents }
+        let writes = GroupCommit::spawn(raft.clone());
+        AdminService { raft, shared, forwarder, committed, agents, writes }
     }
 
     /// Serves here on the leader, or names the leader's channel; a forwarded request never hops twice.
@@ -107,17 +108,9 @@ impl pb::admin_server::Admin for AdminService {
             return client(channel).write(forwarded(request.into_inner())).await;
         }
         let command = convert::command_from_pb(request.into_inner().command)?;
-        match self.raft.client_write(command).await {
-            Ok(written) => {
-                let version = written.log_id.index;
-                let response = written.data.map_err(convert::state_error_to_status)?;
-                Ok(Response::new(convert::write_reply(version, &response)))
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Status::unavailable(format!("leadership changed while writing{RETRY_HINT}")))
-            }
-            Err(error) => Err(Status::unavailable(format!("write not committed: {error}"))),
-        }
+        let (version, result) = self.writes.write(command).await?;
+        let response = result.map_err(convert::state_error_to_status)?;
+        Ok(Response::new(convert::write_reply(version, &response)))
     }
 
     async fn get_cluster(&self, request: Request<pb::GetClusterRequest>) -> Result<Response<pb::ClusterView>, Status> {

@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod convert;
 pub mod forward;
+pub mod group_commit;
 pub mod lb_state;

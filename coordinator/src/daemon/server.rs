@@ -13,7 +13,7 @@ use lbfleet_proto::Role;
 use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 use tracing::warn;
 
@@ -22,6 +22,7 @@ use crate::agents::registry::AgentRegistry;
 use crate::agents::service::AgentStreamService;
 use crate::api::admin::AdminService;
 use crate::api::forward::Forwarder;
+use crate::raft::durable::DurableDb;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::network::MAX_MESSAGE_BYTES;
@@ -39,6 +40,8 @@ pub enum StartError {
     Tls(#[from] lbfleet_proto::tls::TlsError),
     #[error("invalid node identity: {0}")]
     Identity(#[from] lbfleet_proto::identity::IdentityError),
+    #[error("cannot open data dir {path}: {source}")]
+    Open { path: String, source: crate::raft::durable::OpenError },
     #[error("cannot open data dir {path}: {source}")]
     Storage { path: String, source: sled::Error },
     #[error("cannot open state machine: {0}")]
@@ -84,11 +87,8 @@ impl Coordinator {
         let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
 
         let sled_path = config.data_dir.join("sled");
-        let db = sled::Config::new()
-            .path(&sled_path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|source| StartError::Storage { path: sled_path.display().to_string(), source })?;
+        let db = DurableDb::open(&sled_path)
+            .map_err(|source| StartError::Open { path: sled_path.display().to_string(), source })?;
         let log_store = LogStore::open(&db)
             .map_err(|source| StartError::Storage { path: sled_path.display().to_string(), source })?;
         let committed = log_store.committed_index();
@@ -141,7 +141,7 @@ impl Coordinator {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpIncoming::from_listener(listener, true, None).map_err(|e| StartError::Raft(format!("listener: {e}")))?, async {
             let _ = stopped.await;
         }));
         info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec;
+use super::durable::DurableDb;
 use super::Entry;
 use super::LogId;
 use super::NodeId;
@@ -37,7 +38,7 @@ const LAST_PURGED: &[u8] = b"last_purged";
 /// sled-backed log storage; clones share the same trees.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    db: DurableDb,
     log: sled::Tree,
     meta: sled::Tree,
     committed: Arc<AtomicU64>,
@@ -45,11 +46,11 @@ pub struct LogStore {
 
 impl LogStore {
     /// Opens (or creates) the log trees in `db`.
-    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
+    pub fn open(db: &DurableDb) -> Result<LogStore, sled::Error> {
         Ok(LogStore {
             db: db.clone(),
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
+            log: db.db().open_tree("raft_log")?,
+            meta: db.db().open_tree("raft_meta")?,
             committed: Arc::default(),
         })
     }
@@ -59,9 +60,8 @@ impl LogStore {
         self.committed.clone()
     }
 
-    async fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<(), StorageError> {
-        self.db.flush_async().await.map_err(|e| io_error(subject, verb, &e))?;
-        Ok(())
+    fn flush(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<(), StorageError> {
+        self.db.sync().map_err(|e| io_error(subject, verb, &e))
     }
 
     fn read_meta<T: DeserializeOwned>(
@@ -143,7 +143,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(VOTE, vote, ErrorSubject::Vote)?;
-        self.flush(ErrorSubject::Vote, ErrorVerb::Write).await
+        self.flush(ErrorSubject::Vote, ErrorVerb::Write)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -172,20 +172,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         // Durable before openraft may count these entries towards a quorum.
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
-        callback.log_io_completed(flushed);
+        callback.log_io_completed(self.db.sync());
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.remove_range(log_id.index.to_be_bytes()..)?;
-        self.flush(ErrorSubject::Logs, ErrorVerb::Delete).await
+        self.flush(ErrorSubject::Logs, ErrorVerb::Delete)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The marker first: a crash in between leaves extra entries, never a hole.
         self.write_meta(LAST_PURGED, &log_id, ErrorSubject::Logs)?;
-        self.flush(ErrorSubject::Logs, ErrorVerb::Write).await?;
+        self.flush(ErrorSubject::Logs, ErrorVerb::Write)?;
         self.remove_range(..=log_id.index.to_be_bytes())
     }
 }
@@ -212,7 +211,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let db = sled::open(dir.path()).expect("open sled");
+            let db = DurableDb::open(dir.path()).expect("open sled");
             let log = LogStore::open(&db).expect("log trees");
             let sm = StateMachineStore::open(&db).expect("state machine");
             Ok((dir, log, sm))

@@ -1,6 +1,7 @@
 //! openraft wiring: type config, sled-backed storage and the gRPC transport.
 
 pub mod codec;
+pub mod durable;
 pub mod log_store;
 pub mod network;
 pub mod service;

@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::codec;
+use super::durable::DurableDb;
 use super::log_store::io_error;
 use super::CommandResult;
 use super::Entry;
@@ -84,14 +85,14 @@ struct StoredSnapshot {
 #[derive(Clone)]
 pub struct StateMachineStore {
     shared: Arc<SharedState>,
-    db: sled::Db,
+    db: DurableDb,
     snapshots: sled::Tree,
 }
 
 impl StateMachineStore {
     /// Opens the snapshot tree in `db` and restores the last snapshot, if any.
-    pub fn open(db: &sled::Db) -> Result<StateMachineStore, StorageError> {
-        let snapshots = db.open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+    pub fn open(db: &DurableDb) -> Result<StateMachineStore, StorageError> {
+        let snapshots = db.db().open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         let (version, _) = watch::channel(0);
         let store = StateMachineStore {
             shared: Arc::new(SharedState { applied: RwLock::new(Applied::default()), version }),
@@ -119,11 +120,11 @@ impl StateMachineStore {
         codec::decode(&bytes).map(Some).map_err(|e| io_error(subject, ErrorVerb::Read, &e))
     }
 
-    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+    fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(snapshot.meta.signature()));
         let bytes = codec::encode(snapshot).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
         self.snapshots.insert(CURRENT_SNAPSHOT, bytes).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
-        self.db.flush_async().await.map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
+        self.db.sync().map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
         Ok(())
     }
 
@@ -160,7 +161,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, data)
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.save_snapshot(&stored).await?;
+        self.save_snapshot(&stored)?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -221,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
         self.restore(&stored)?;
-        self.save_snapshot(&stored).await
+        self.save_snapshot(&stored)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -72,6 +72,13 @@ impl ChangeLog {
     /// Records what a successfully applied command changed; `state` is the state after it.
     pub fn record(&mut self, version: u64, state: &State, command: &Command, response: &Response) {
         match (command, response) {
+            (Command::Group(commands), Response::Group(results)) => {
+                for (command, result) in commands.iter().zip(results) {
+                    if let Ok(response) = result {
+                        self.record(version, state, command, response);
+                    }
+                }
+            }
             (_, Response::Bound { cluster, fqdn, shard, previous }) if previous.as_ref() != Some(shard) => {
                 self.push(version, cluster, fqdn.clone(), Some(shard.clone()));
             }

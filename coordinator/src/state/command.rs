@@ -25,6 +25,8 @@ pub enum Command {
     Unbind { fqdn: Fqdn, cluster: Option<String> },
     /// Many binds in one log entry; entries that cannot apply are skipped and reported.
     BindBatch { cluster: String, entries: Vec<(Fqdn, String)> },
+    /// Independent commands from concurrent clients, committed as one log entry (group commit).
+    Group(Vec<Command>),
 }
 
 /// What a successfully applied command did.
@@ -62,6 +64,8 @@ pub enum Response {
         shard: String,
     },
     Batch(BatchSummary),
+    /// One result per command of a `Group`, in order.
+    Group(Vec<Result<Response, StateError>>),
     /// A Raft-internal entry (blank or membership) that changes no topology.
     Noop,
 }
@@ -138,6 +142,7 @@ impl fmt::Display for Response {
                 summary.unchanged,
                 summary.skipped.len()
             ),
+            Response::Group(results) => write!(f, "{} commands", results.len()),
             Response::Noop => f.write_str("no change"),
         }
     }

@@ -88,6 +88,8 @@ impl State {
             Command::Bind { fqdn, shard, cluster } => self.bind(fqdn, shard, cluster.as_deref()),
             Command::Unbind { fqdn, cluster } => self.unbind(fqdn, cluster.as_deref()),
             Command::BindBatch { cluster, entries } => self.bind_batch(cluster, entries),
+            // Each command succeeds or fails on its own, as if it had its own entry.
+            Command::Group(commands) => Ok(Response::Group(commands.iter().map(|c| self.apply(c)).collect())),
         }
     }
 

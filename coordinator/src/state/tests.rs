@@ -195,3 +195,20 @@ fn invalid_names_never_enter_the_state() {
     }
     assert_eq!(state, before);
 }
+
+#[test]
+fn group_applies_each_command_on_its_own() {
+    let mut state = topology();
+    let group = Command::Group(vec![
+        Command::Bind { fqdn: fqdn("a.com"), shard: "web-1".into(), cluster: None },
+        Command::Bind { fqdn: fqdn("b.com"), shard: "nope".into(), cluster: None },
+        Command::Unbind { fqdn: fqdn("a.com"), cluster: None },
+        Command::Bind { fqdn: fqdn("c.com"), shard: "web-2".into(), cluster: None },
+    ]);
+    let Response::Group(results) = state.apply(&group).unwrap() else { panic!("a group answers per command") };
+    assert_eq!(results.len(), 4);
+    assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok());
+    assert_eq!(results[1], Err(StateError::NotFound { kind: Kind::Shard, name: "nope".into() }));
+    let bound: Vec<&str> = state.clusters["c1"].bindings.keys().map(|f| f.as_str()).collect();
+    assert_eq!(bound, ["c.com"]);
+}

@@ -1,0 +1,120 @@
+//! Group commit: writes that arrive while one is in flight are folded into a single log entry.
+//!
+//! The leader appends, flushes and replicates one entry at a time, so the cost of a durable
+//! commit is paid per entry, not per command. One task owns the write path: it takes every
+//! command waiting in its queue, commits them as one `Command::Group`, and hands each caller
+//! its own result. A lone command is written as it is, so a single client pays nothing extra.
+
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tonic::Status;
+
+use super::admin::RETRY_HINT;
+use crate::raft::CommandResult;
+use crate::raft::NodeId;
+use crate::raft::Raft;
+use crate::state::Command;
+use crate::state::Response;
+
+/// Most commands folded into one entry.
+const MAX_GROUP: usize = 1_024;
+/// Commands waiting for the writer before callers feel back-pressure.
+const QUEUE: usize = 4_096;
+
+/// A committed command: the version (log index) that carries it and its own result.
+pub type Committed = (u64, CommandResult);
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<Committed, Status>>,
+}
+
+/// Submits commands to the single writer task.
+#[derive(Clone)]
+pub struct GroupCommit {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl GroupCommit {
+    /// Starts the writer task for `raft`.
+    pub fn spawn(raft: Raft) -> GroupCommit {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(raft, receiver));
+        GroupCommit { queue }
+    }
+
+    /// Commits `command`, alone or together with others, and returns its version and result.
+    pub async fn write(&self, command: Command) -> Result<Committed, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| Status::unavailable(format!("coordinator shutting down{RETRY_HINT}")))?;
+        answer.await.map_err(|_| Status::unavailable("write abandoned during shutdown"))?
+    }
+}
+
+async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        // Bulk imports are large entries of their own; small commands ride together.
+        if !is_bulk(&group[0].command) {
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(next) if !is_bulk(&next.command) => group.push(next),
+                    Ok(bulk) => {
+                        commit(&raft, vec![bulk]).await;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        commit(&raft, group).await;
+    }
+}
+
+fn is_bulk(command: &Command) -> bool {
+    matches!(command, Command::BindBatch { .. })
+}
+
+async fn commit(raft: &Raft, mut group: Vec<Pending>) {
+    if group.len() == 1 {
+        let Pending { command, reply } = group.remove(0);
+        let result = raft.client_write(command).await.map(|w| (w.log_id.index, w.data)).map_err(write_failed);
+        let _ = reply.send(result);
+        return;
+    }
+    let (commands, replies): (Vec<Command>, Vec<_>) = group.into_iter().map(|p| (p.command, p.reply)).unzip();
+    match raft.client_write(Command::Group(commands)).await {
+        Ok(written) => {
+            let version = written.log_id.index;
+            let results = match written.data {
+                Ok(Response::Group(results)) => results,
+                // apply answers a group with a group; anything else is a bug, reported to every caller.
+                other => vec![other; replies.len()],
+            };
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok((version, result)));
+            }
+        }
+        Err(error) => {
+            let status = write_failed(error);
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+    }
+}
+
+/// Maps a failed write to the status clients see; "leader moved" is safe to resend.
+fn write_failed(error: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Node>>) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Status::unavailable(format!("leadership changed while writing{RETRY_HINT}"))
+        }
+        error => Status::unavailable(format!("write not committed: {error}")),
+    }
+}
