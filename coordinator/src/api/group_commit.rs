@@ -3,12 +3,16 @@
 //! The leader appends, flushes and replicates one entry at a time, so the cost of a durable
 //! commit is paid per entry, not per command. One task owns the write path: it takes every
 //! command waiting in its queue, commits them as one `Command::Group`, and hands each caller
-//! its own result. A lone command is written as it is, so a single client pays nothing extra.
+//! its own result; a few groups may be in flight so that appending overlaps replication.
+//! A lone command is written as it is, so a single client pays nothing extra.
+
+use std::sync::Arc;
 
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 use tonic::Status;
 
 use super::admin::RETRY_HINT;
@@ -22,6 +26,8 @@ use crate::state::Response;
 const MAX_GROUP: usize = 1_024;
 /// Commands waiting for the writer before callers feel back-pressure.
 const QUEUE: usize = 4_096;
+/// Groups in flight at once: while one replicates, the leader can already append the next.
+const IN_FLIGHT: usize = 4;
 
 /// A committed command: the version (log index) that carries it and its own result.
 pub type Committed = (u64, CommandResult);
@@ -57,22 +63,34 @@ impl GroupCommit {
 }
 
 async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
-    while let Some(first) = queue.recv().await {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        // Waiting for a free slot first lets commands pile up into the next group meanwhile.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
         let mut group = vec![first];
         // Bulk imports are large entries of their own; small commands ride together.
+        let mut bulk = None;
         if !is_bulk(&group[0].command) {
             while group.len() < MAX_GROUP {
                 match queue.try_recv() {
                     Ok(next) if !is_bulk(&next.command) => group.push(next),
-                    Ok(bulk) => {
-                        commit(&raft, vec![bulk]).await;
+                    Ok(next) => {
+                        bulk = Some(next);
                         break;
                     }
                     Err(_) => break,
                 }
             }
         }
-        commit(&raft, group).await;
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, group).await;
+            if let Some(bulk) = bulk {
+                commit(&raft, vec![bulk]).await;
+            }
+            drop(slot);
+        });
     }
 }
 
