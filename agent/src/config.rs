@@ -89,29 +89,13 @@ pub struct AgentConfig {
     pub report_interval: Duration,
 }
 
-/// Why the configuration was refused; the agent exits with code 64 on it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
-    #[error("missing setting {0} (set it in the config file or as --{flag})", flag = .0.replace('_', "-"))]
-    Missing(&'static str),
-    #[error("invalid {field} {value:?}: {reason}")]
-    Invalid { field: &'static str, value: String, reason: &'static str },
-}
+pub use lbfleet_proto::process::ConfigError;
 
 impl Args {
     /// Merges the flags over the config file and validates the result.
     pub fn resolve(self) -> Result<AgentConfig, ConfigError> {
         let file = match &self.config {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.clone(), source: Box::new(source) })?
-            }
+            Some(path) => lbfleet_proto::process::read_config::<FileConfig>(path)?,
             None => FileConfig::default(),
         };
         let host_id = self.host_id.or(file.host_id).ok_or(ConfigError::Missing("host_id"))?;
@@ -129,7 +113,7 @@ impl Args {
                 return Err(ConfigError::Invalid {
                     field: "runtime",
                     value: other.into(),
-                    reason: "expected socket, exec or auto",
+                    reason: "expected socket, exec or auto".into(),
                 })
             }
         };
@@ -140,7 +124,7 @@ impl Args {
                 return Err(ConfigError::Invalid {
                     field: "reload",
                     value: other.into(),
-                    reason: "expected hitless or restart",
+                    reason: "expected hitless or restart".into(),
                 })
             }
         };
@@ -150,7 +134,7 @@ impl Args {
                 return Err(ConfigError::Invalid {
                     field,
                     value: value.to_string(),
-                    reason: "expected 0.01 to 3600 seconds",
+                    reason: "expected 0.01 to 3600 seconds".into(),
                 });
             }
             Ok(Duration::from_secs_f64(value))

@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use lbfleet_agent::config::Args;
 use lbfleet_agent::session;
-
-/// Exit code for a configuration the agent refuses (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+use lbfleet_proto::process::EXIT_CONFIG;
 
 fn main() -> ExitCode {
     let args = Args::parse();

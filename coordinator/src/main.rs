@@ -13,11 +13,9 @@ use lbfleet_coordinator::ctl::commands;
 use lbfleet_coordinator::daemon::config::RawConfig;
 use lbfleet_coordinator::daemon::server;
 use lbfleet_coordinator::pki;
+use lbfleet_proto::process::EXIT_CONFIG;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
-
-/// Exit code for a configuration the daemon refuses (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,4 +1,31 @@
-//! Process plumbing both daemons share: logging set-up and the shutdown signal.
+//! Process plumbing both daemons share: config files, logging set-up and the shutdown signal.
+
+use std::path::Path;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+
+/// Exit code for a configuration a daemon refuses (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Why a daemon's configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("missing setting {0} (set it in the config file or as --{flag})", flag = .0.replace('_', "-"))]
+    Missing(&'static str),
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid { field: &'static str, value: String, reason: String },
+}
+
+/// Reads a TOML config file into `T` (whose serde attributes refuse unknown settings).
+pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+}
 
 /// Logs go to stderr; `LBFLEET_LOG` sets the filter (else `default_filter`), `LBFLEET_LOG_FORMAT=json` the format.
 pub fn init_logging(default_filter: &str) {

@@ -92,10 +92,7 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
         println!("  shard {:<16} backend {:<20} nodes {}", shard.name, shard.lb_backend, nodes.join(", "));
     }
     println!();
-    println!(
-        "{:<16} {:<13} {:>8} {:>6} {:>9} {:>6}  CONTAINER",
-        "HOST", "AGENT", "VERSION", "LAG", "ENTRIES", "DIFFS"
-    );
+    println!("{:<16} {:<13} {:>8} {:>6} {:>9} {:>6}  CONTAINER", "HOST", "AGENT", "VERSION", "LAG", "ENTRIES", "DIFFS");
     for host in &reply.hosts {
         let agent = host.agent.as_ref();
         let state = match agent {

@@ -40,24 +40,12 @@ pub struct CoordinatorConfig {
     pub keep_logs_behind_snapshot: u64,
 }
 
-/// Why a configuration was refused; the daemon exits with code 64 on it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
-    #[error("missing setting {0} (set it in the config file or as --{flag})", flag = .0.replace('_', "-"))]
-    Missing(&'static str),
-    #[error("invalid {field} {value:?}: {reason}")]
-    Invalid { field: &'static str, value: String, reason: String },
-}
+pub use lbfleet_proto::process::ConfigError;
 
 impl RawConfig {
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+        lbfleet_proto::process::read_config(path)
     }
 
     /// Fills every unset field from `base` (flags win over the file).

@@ -141,9 +141,12 @@ impl Coordinator {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpIncoming::from_listener(listener, true, None).map_err(|e| StartError::Raft(format!("listener: {e}")))?, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from_listener(listener, true, None).map_err(|e| StartError::Raft(format!("listener: {e}")))?,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");
         Ok(Coordinator { raft, shared, local_addr, advertise, stop, server })
     }

@@ -31,8 +31,8 @@ impl DurableDb {
     pub fn open(dir: &Path) -> Result<DurableDb, OpenError> {
         let db = sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open()?;
         let path = dir.join("db");
-        let data_file = File::open(&path)
-            .map_err(|source| OpenError::DataFile { path: path.display().to_string(), source })?;
+        let data_file =
+            File::open(&path).map_err(|source| OpenError::DataFile { path: path.display().to_string(), source })?;
         Ok(DurableDb { db, data_file: Arc::new(data_file) })
     }
 

@@ -92,7 +92,8 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens the snapshot tree in `db` and restores the last snapshot, if any.
     pub fn open(db: &DurableDb) -> Result<StateMachineStore, StorageError> {
-        let snapshots = db.db().open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        let snapshots =
+            db.db().open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         let (version, _) = watch::channel(0);
         let store = StateMachineStore {
             shared: Arc::new(SharedState { applied: RwLock::new(Applied::default()), version }),
