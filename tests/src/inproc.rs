@@ -51,7 +51,7 @@ struct TestNode {
 pub struct TestCluster {
     /// Holds every node's data and the PKI; removed on drop.
     pub dir: TempDir,
-    /// The cluster's PKI (coordinators 1..=MAX_NODES, admin `test`, agent `lb-a`).
+    /// The cluster's PKI (coordinators 1..=MAX_NODES, admin `test`, agents `lb-a` and `lb-b`).
     pub tls: TlsDir,
     nodes: BTreeMap<u64, TestNode>,
     snapshot_every: u64,
@@ -66,6 +66,7 @@ impl TestCluster {
             (1..=MAX_NODES).map(|id| Identity::new(Role::Coordinator, &id.to_string())).collect::<Result<_, _>>()?;
         identities.push(Identity::new(Role::Admin, "test")?);
         identities.push(Identity::new(Role::Agent, "lb-a")?);
+        identities.push(Identity::new(Role::Agent, "lb-b")?);
         pki::init(&tls_path, &identities)?;
         let mut cluster = TestCluster { dir, tls: TlsDir::new(tls_path), nodes: BTreeMap::new(), snapshot_every };
         for id in 1..=size {

@@ -1,0 +1,209 @@
+//! The agent stream, spoken by a scripted agent against an in-process coordinator group:
+//! full state, deltas, resume, acks, nacks held back, --wait, leader redirects, authorization.
+
+use std::time::Duration;
+
+use lbfleet_coordinator::agents::service::LEADER_METADATA;
+use lbfleet_coordinator::ctl::client::Client;
+use lbfleet_proto::pb;
+use lbfleet_proto::pb::agent_message::Kind as AgentKind;
+use lbfleet_proto::pb::agent_stream_client::AgentStreamClient;
+use lbfleet_proto::pb::command::Kind;
+use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
+use lbfleet_proto::Identity;
+use lbfleet_proto::Role;
+use lbfleet_tests::inproc::TestCluster;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+/// A hand-driven agent: what it sends and what it received.
+struct ScriptedAgent {
+    out: mpsc::Sender<pb::AgentMessage>,
+    inbound: Streaming<pb::CoordinatorMessage>,
+}
+
+impl ScriptedAgent {
+    /// Opens host `host`'s stream with the certificate of `identity`, resuming from `version`.
+    async fn connect(
+        cluster: &TestCluster,
+        node: u64,
+        identity: &Identity,
+        host: &str,
+        version: u64,
+    ) -> Result<Self, tonic::Status> {
+        let tls = cluster.tls.client_config(identity).expect("agent TLS");
+        let channel = lbfleet_coordinator::raft::network::channel(&cluster.address(node), &tls).expect("channel");
+        let (out, rx) = mpsc::channel(16);
+        let hello = pb::Hello { host_id: host.into(), last_applied_version: version, ..Default::default() };
+        out.send(message(AgentKind::Hello(hello))).await.expect("queue hello");
+        let inbound = AgentStreamClient::new(channel).session(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(ScriptedAgent { out, inbound })
+    }
+
+    /// The next state message, skipping heartbeats.
+    async fn next_update(&mut self) -> CoordinatorKind {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.inbound.message())
+                .await
+                .expect("an update in time")
+                .expect("stream open")
+                .expect("a message");
+            match message.kind.expect("a kind") {
+                CoordinatorKind::Heartbeat(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Asserts nothing but heartbeats arrive for `wait`.
+    async fn expect_quiet(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(message) = tokio::time::timeout_at(deadline, self.inbound.message()).await {
+            let kind = message.expect("stream open").expect("a message").kind;
+            assert!(matches!(kind, Some(CoordinatorKind::Heartbeat(_))), "unexpected {kind:?}");
+        }
+    }
+
+    async fn send(&self, kind: AgentKind) {
+        self.out.send(message(kind)).await.expect("stream open");
+    }
+}
+
+fn message(kind: AgentKind) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(kind) }
+}
+
+async fn setup(client: &Client) -> anyhow::Result<()> {
+    let writes = [
+        Kind::CreateCluster(pb::CreateCluster { name: "c1".into(), haproxy_container: "lb".into() }),
+        Kind::AddHost(pb::AddHost {
+            id: "lb-a".into(),
+            cluster: "c1".into(),
+            address: "a".into(),
+            ..Default::default()
+        }),
+        Kind::CreateShard(pb::CreateShard { name: "web-1".into(), cluster: "c1".into() }),
+        Kind::AddNode(pb::AddNode {
+            name: "n0".into(),
+            shard: "web-1".into(),
+            host: "lb-a".into(),
+            address: "n0:80".into(),
+            container: String::new(),
+        }),
+    ];
+    for write in writes {
+        client.write(write).await?;
+    }
+    Ok(())
+}
+
+async fn bind(client: &Client, fqdn: &str) -> anyhow::Result<pb::WriteReply> {
+    Ok(client.write(Kind::Bind(pb::Bind { fqdn: fqdn.into(), shard: "web-1".into(), cluster: String::new() })).await?)
+}
+
+fn agent(host: &str) -> Identity {
+    Identity::new(Role::Agent, host).expect("agent identity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_state_then_deltas_acks_and_wait() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(1, 10_000).await?;
+    let client = cluster.client().await?;
+    setup(&client).await?;
+    bind(&client, "a.example.com").await?;
+
+    let mut agent_a = ScriptedAgent::connect(&cluster, 1, &agent("lb-a"), "lb-a", 0).await?;
+    let CoordinatorKind::Full(full) = agent_a.next_update().await else { panic!("a new agent gets the full state") };
+    assert_eq!(full.map, vec![pb::MapEntry { fqdn: "a.example.com".into(), backend: "shard-web-1".into() }]);
+    let topology = full.topology.expect("topology");
+    assert_eq!(topology.container, "lb");
+    assert_eq!(topology.backends[0].servers[0].address, "n0:80");
+    agent_a.send(AgentKind::Ack(pb::Ack { version: full.version })).await;
+
+    // A bind arrives as a delta carrying just that change.
+    let reply = bind(&client, "b.example.com").await?;
+    let CoordinatorKind::Delta(delta) = agent_a.next_update().await else { panic!("a delta") };
+    assert_eq!((delta.from_version, delta.version), (full.version, reply.version));
+    assert_eq!(delta.upserts, vec![pb::MapEntry { fqdn: "b.example.com".into(), backend: "shard-web-1".into() }]);
+    assert!(delta.removals.is_empty() && delta.topology.is_none());
+
+    // --wait returns once the agent acknowledged the version, and names it while it has not.
+    let (done, _) = wait(&client, reply.version, 50).await?;
+    assert!(!done, "not acknowledged yet");
+    agent_a.send(AgentKind::Ack(pb::Ack { version: delta.version })).await;
+    let (done, hosts) = wait(&client, reply.version, 5_000).await?;
+    assert!(done, "{hosts:?}");
+
+    // A node change reaches the agent as a topology update.
+    client.write(Kind::RemoveNode(pb::RemoveNode { name: "n0".into() })).await?;
+    let CoordinatorKind::Delta(delta) = agent_a.next_update().await else { panic!("a delta") };
+    assert!(delta.topology.expect("topology changed").backends[0].servers.is_empty());
+
+    let status = client.status().await?;
+    let agent_status = status.agents.iter().find(|a| a.host == "lb-a").expect("agent listed");
+    assert!(agent_status.connected);
+    assert_eq!(agent_status.acked_version, reply.version);
+    Ok(())
+}
+
+async fn wait(client: &Client, version: u64, millis: u64) -> anyhow::Result<(bool, Vec<pb::HostProgress>)> {
+    let reply = client.wait_applied("c1", version, Duration::from_millis(millis)).await?;
+    Ok((reply.done, reply.hosts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_gets_only_what_was_missed_and_nacks_are_not_resent() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(1, 10_000).await?;
+    let client = cluster.client().await?;
+    setup(&client).await?;
+    let first = bind(&client, "a.example.com").await?;
+    bind(&client, "b.example.com").await?;
+    client.write(Kind::Unbind(pb::Unbind { fqdn: "a.example.com".into(), cluster: String::new() })).await?;
+
+    // Resuming from the version of the first bind: the net change since, not everything.
+    let mut agent_a = ScriptedAgent::connect(&cluster, 1, &agent("lb-a"), "lb-a", first.version).await?;
+    let CoordinatorKind::Delta(delta) = agent_a.next_update().await else { panic!("a resumed agent gets a delta") };
+    assert_eq!(delta.from_version, first.version);
+    assert_eq!(delta.upserts.len(), 1);
+    assert_eq!(delta.removals, vec!["a.example.com".to_string()]);
+
+    // A rejected version is recorded and not sent again.
+    agent_a.send(AgentKind::Nack(pb::Nack { version: delta.version, error: "haproxy -c failed".into() })).await;
+    agent_a.expect_quiet(Duration::from_millis(1_500)).await;
+    let progress = client.wait_applied("c1", delta.version, Duration::from_millis(50)).await?;
+    assert!(!progress.done);
+    assert_eq!(progress.hosts[0].nack_error, "haproxy -c failed");
+    let status = client.status().await?;
+    assert_eq!(status.agents[0].nacked_version, delta.version);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_authorized_and_served_by_the_leader() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 10_000).await?;
+    let client = cluster.client().await?;
+    setup(&client).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+
+    // Another host's certificate cannot open lb-a's stream.
+    let refused = ScriptedAgent::connect(&cluster, leader, &agent("lb-b"), "lb-a", 0).await.err().expect("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("agent:lb-b"), "{}", refused.message());
+    // An operator certificate is not an agent's.
+    let admin = cluster.tls.admin_identity(None)?;
+    let refused = ScriptedAgent::connect(&cluster, leader, &admin, "lb-a", 0).await.err().expect("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // An unregistered host is told how to register.
+    let refused = ScriptedAgent::connect(&cluster, leader, &agent("lb-b"), "lb-b", 0).await.err().expect("refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("lbfleet host add lb-b"), "{}", refused.message());
+
+    // A follower sends the agent to the leader.
+    let redirected =
+        ScriptedAgent::connect(&cluster, follower, &agent("lb-a"), "lb-a", 0).await.err().expect("redirect");
+    let leader_address = redirected.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(leader_address, Some(cluster.address(leader)));
+    Ok(())
+}
