@@ -57,6 +57,8 @@ pub struct Applier {
     drift_repairs: u64,
     last_error: Option<String>,
     container_started_at: Option<String>,
+    /// Deltas reached HAProxy's runtime map but not yet the map file.
+    map_file_stale: bool,
 }
 
 impl Applier {
@@ -80,6 +82,7 @@ impl Applier {
             drift_repairs: 0,
             last_error: None,
             container_started_at: None,
+            map_file_stale: false,
         }
     }
 
@@ -120,21 +123,22 @@ impl Applier {
     async fn apply_full(&mut self, full: pb::FullState) -> Result<u64, ApplyError> {
         let topology = full.topology.ok_or(ApplyError::Empty)?;
         let map: MapEntries = full.map.into_iter().map(|e| (e.fqdn, e.backend)).collect();
-        let desired = DesiredState {
+        self.digest = MapDigest::of(map.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // The state is ours even if HAProxy refuses it now: reconcile keeps converging towards it.
+        self.desired = Some(DesiredState {
             version: full.version,
             container: self.config.container.clone().unwrap_or(topology.container.clone()),
             topology: topology_from_pb(&topology),
             map,
-        };
-        self.digest = MapDigest::of(desired.map.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let haproxy = self.driver_for(&desired);
+        });
+        let (haproxy, desired) = self.driver();
         // The file first: a reload or restart from here on loads the new map.
         haproxy.write_map_file(&desired.map).await?;
         haproxy.apply_config(&desired.topology).await?;
         haproxy.replace_runtime_map(&desired.map).await?;
         info!(version = desired.version, entries = desired.map.len(), "applied full state");
         let version = desired.version;
-        self.desired = Some(desired);
+        self.map_file_stale = false;
         Ok(version)
     }
 
@@ -174,28 +178,53 @@ impl Applier {
         }
         desired.apply_changes(&changes);
         desired.version = delta.version;
+        let topology_changed = delta.topology.is_some();
         if let Some(topology) = &delta.topology {
             desired.topology = topology_from_pb(topology);
         }
-        let desired = desired.clone();
-        let haproxy = self.driver_for(&desired);
         if !runtime.is_empty() {
-            haproxy.write_map_file(&desired.map).await?;
+            self.map_file_stale = true;
         }
-        if delta.topology.is_some() {
+        let (haproxy, desired) = self.driver();
+        if topology_changed {
+            // A reload rereads the map file, so it must hold the new map first.
+            haproxy.write_map_file(&desired.map).await?;
             haproxy.apply_config(&desired.topology).await?;
         }
         if !runtime.is_empty() {
+            // Live first; the map file follows in `persist`, once for a burst of deltas.
             let report = haproxy.apply_runtime(&runtime).await?;
             if !report.errors.is_empty() {
                 warn!(errors = ?report.errors, "runtime API refused some changes; reconcile will repair");
             }
         }
-        Ok(desired.version)
+        let version = desired.version;
+        if topology_changed {
+            self.map_file_stale = false;
+        }
+        Ok(version)
     }
 
-    /// The driver for the desired container, rebuilt when the coordinator names another one.
-    fn driver_for(&mut self, desired: &DesiredState) -> &Haproxy {
+    /// Writes the map file when deltas changed the map since it was last written, so a restart
+    /// or reload of HAProxy keeps what was applied. Call before acknowledging.
+    pub async fn persist(&mut self) -> Result<(), ApplyError> {
+        if !self.map_file_stale || self.desired.is_none() {
+            return Ok(());
+        }
+        let (haproxy, desired) = self.driver();
+        let result = haproxy.write_map_file(&desired.map).await;
+        if let Err(error) = &result {
+            self.last_error = Some(error.to_string());
+        } else {
+            self.map_file_stale = false;
+        }
+        Ok(result?)
+    }
+
+    /// The driver for the desired container (rebuilt when the coordinator names another one),
+    /// and the desired state. Only called once a desired state is held.
+    fn driver(&mut self) -> (&Haproxy, &DesiredState) {
+        let desired = self.desired.as_ref().expect("a desired state is held");
         let target = HaproxyTarget {
             container: desired.container.clone(),
             socket_dir: self.config.socket_dir.clone(),
@@ -204,19 +233,18 @@ impl Applier {
             map_path: desired.topology.map_path.clone(),
             reload: self.config.reload,
         };
-        let stale = self.haproxy.as_ref().is_none_or(|h| h.target() != &target);
-        if stale {
+        if self.haproxy.as_ref().is_none_or(|h| h.target() != &target) {
             self.haproxy = Some(Haproxy::new(target, self.docker.clone(), self.config.runtime));
         }
-        self.haproxy.as_ref().expect("driver was just built")
+        (self.haproxy.as_ref().expect("driver was just built"), desired)
     }
 
     /// Compares HAProxy's map and config with the desired state and repairs any drift.
     pub async fn reconcile(&mut self) -> Result<Option<pb::DriftReport>, ApplyError> {
-        let Some(desired) = self.desired.clone() else {
+        if self.desired.is_none() {
             return Ok(None);
-        };
-        let haproxy = self.driver_for(&desired);
+        }
+        let (haproxy, desired) = self.driver();
         // The config too: a restarted container may have come back with an old file.
         haproxy.apply_config(&desired.topology).await?;
         let actual = haproxy.show_map().await?;
@@ -239,6 +267,7 @@ impl Applier {
             haproxy.apply_runtime(&repairs(&desired.map, &actual)).await?;
         }
         drift.repaired = true;
+        self.map_file_stale = false;
         self.drift_repairs += 1;
         self.last_drift = Some(drift.clone());
         Ok(Some(drift))
@@ -273,21 +302,21 @@ impl Applier {
         if let Some(docker) = &self.docker {
             report.docker_reachable = docker.ping().await.is_ok();
         }
-        let Some(desired) = self.desired.clone() else {
+        let Some(container) = self.desired.as_ref().map(|d| d.container.clone()) else {
             return report;
         };
         if let Some(docker) = &self.docker {
-            report.container = Some(match docker.inspect(&desired.container).await {
+            report.container = Some(match docker.inspect(&container).await {
                 Ok(info) => pb::ContainerState {
-                    name: desired.container.clone(),
+                    name: container.clone(),
                     found: true,
                     running: info.running,
                     started_at: info.started_at,
                 },
-                Err(_) => pb::ContainerState { name: desired.container.clone(), ..Default::default() },
+                Err(_) => pb::ContainerState { name: container.clone(), ..Default::default() },
             });
         }
-        let haproxy = self.driver_for(&desired);
+        let (haproxy, _) = self.driver();
         report.runtime_path = format!("{:?}", haproxy.runtime_path()).to_lowercase();
         match haproxy.show_servers().await {
             Ok(servers) => {

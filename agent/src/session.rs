@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::agent_stream_client::AgentStreamClient;
@@ -148,14 +149,20 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
     }
     let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
         Ok(response) => response.into_inner(),
-        Err(status) => {
-            if let Some(leader) = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
-                return Ended::Redirect(leader.to_string());
-            }
-            return Ended::Failed(format!("{}: {}", status.code(), status.message()));
-        }
+        Err(status) => return ended_by(&status),
     };
     info!(%endpoint, version = applier.version(), "connected to coordinator");
+    // Heartbeats go out from their own task, so a long apply does not make the coordinator drop us.
+    let beating = out.clone();
+    let _heartbeats = AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tick.tick().await;
+            if beating.send(message(AgentKind::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                return;
+            }
+        }
+    }));
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut reconcile = tokio::time::interval(config.reconcile_interval);
     let mut report = tokio::time::interval(config.report_interval);
@@ -186,35 +193,19 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
                             }
                         }
                         update => {
-                            let offered = version_of(&update);
-                            let answer = match applier.apply(update).await {
-                                Ok(version) => AgentKind::Ack(pb::Ack { version }),
-                                Err(error) if error.needs_resync() => return Ended::Resync(error.to_string()),
-                                Err(error) => {
-                                    warn!(version = offered, %error, "could not apply version");
-                                    AgentKind::Nack(pb::Nack { version: offered, error: error.to_string() })
-                                }
-                            };
-                            if out.send(message(answer)).await.is_err() {
-                                return Ended::Failed("stream closed".into());
+                            if let Err(ended) = apply_burst(applier, update, &mut inbound, &out).await {
+                                return ended;
                             }
+                            last_heard = tokio::time::Instant::now();
                         }
                     }
                 }
                 Ok(None) => return Ended::Failed("coordinator closed the stream".into()),
-                Err(status) => {
-                    if let Some(leader) = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
-                        return Ended::Redirect(leader.to_string());
-                    }
-                    return Ended::Failed(format!("{}: {}", status.code(), status.message()));
-                }
+                Err(status) => return ended_by(&status),
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > COORDINATOR_TTL {
                     return Ended::Failed("coordinator silent for longer than its TTL".into());
-                }
-                if out.send(message(AgentKind::Heartbeat(pb::Heartbeat {}))).await.is_err() {
-                    return Ended::Failed("stream closed".into());
                 }
                 // A restarted HAProxy container holds only its map file; repair at once.
                 if applier.container_restarted().await {
@@ -230,6 +221,71 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
                 }
             },
         }
+    }
+}
+
+/// Applies an update and every update that already arrived behind it, then writes the map file
+/// once and acknowledges the newest version (or rejects the ones that failed).
+async fn apply_burst(
+    applier: &mut Applier,
+    first: CoordinatorKind,
+    inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
+    out: &mpsc::Sender<pb::AgentMessage>,
+) -> Result<(), Ended> {
+    let closed = || Ended::Failed("stream closed".into());
+    let mut applied = None;
+    let mut next = Some(first);
+    let mut ended = None;
+    while let Some(update) = next.take() {
+        let offered = version_of(&update);
+        match applier.apply(update).await {
+            Ok(version) => applied = Some(version),
+            Err(error) if error.needs_resync() => return Err(Ended::Resync(error.to_string())),
+            Err(error) => {
+                warn!(version = offered, %error, "could not apply version");
+                let nack = AgentKind::Nack(pb::Nack { version: offered, error: error.to_string() });
+                out.send(message(nack)).await.map_err(|_| closed())?;
+            }
+        }
+        // Only what is already here: never wait for more.
+        match inbound.message().now_or_never() {
+            None | Some(Ok(Some(pb::CoordinatorMessage { kind: None }))) => {}
+            Some(Ok(Some(pb::CoordinatorMessage { kind: Some(kind) }))) => match kind {
+                CoordinatorKind::Heartbeat(_) => {}
+                CoordinatorKind::ReportRequest(request) => {
+                    let report = applier.report(request.id, request.include_map).await;
+                    out.send(message(AgentKind::Report(report))).await.map_err(|_| closed())?;
+                }
+                update => next = Some(update),
+            },
+            Some(Ok(None)) => ended = Some(Ended::Failed("coordinator closed the stream".into())),
+            Some(Err(status)) => ended = Some(ended_by(&status)),
+        }
+    }
+    if let Some(version) = applied {
+        let answer = match applier.persist().await {
+            Ok(()) => AgentKind::Ack(pb::Ack { version }),
+            Err(error) => AgentKind::Nack(pb::Nack { version, error: error.to_string() }),
+        };
+        out.send(message(answer)).await.map_err(|_| closed())?;
+    }
+    ended.map_or(Ok(()), Err)
+}
+
+/// How a stream error ends the session: a redirect when it names the leader.
+fn ended_by(status: &tonic::Status) -> Ended {
+    match status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+        Some(leader) => Ended::Redirect(leader.to_string()),
+        None => Ended::Failed(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+/// Stops a spawned task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,5 +1,6 @@
 //! Helpers shared by lbfleet's cross-process tests and benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod docker_lab;
 pub mod inproc;
 pub mod process;

@@ -57,6 +57,20 @@ pub fn lbfleet_binary() -> PathBuf {
         })
 }
 
+/// The `lbfleet-agent` binary to run: `LBFLEET_AGENT_BIN`, else the newer of the workspace's release and debug builds.
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LBFLEET_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = target_dir();
+    [target.join("release/lbfleet-agent"), target.join("debug/lbfleet-agent")]
+        .into_iter()
+        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("no lbfleet-agent binary under {}: run `cargo build --bins`", target.display()))
+}
+
 /// The workspace's target directory (`CARGO_TARGET_DIR` when set).
 pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
@@ -187,6 +201,7 @@ impl ProcessCluster {
     pub async fn client(&self) -> anyhow::Result<Client> {
         let deadline = Instant::now() + LEADER_DEADLINE;
         let endpoints = self.running_endpoints();
+        anyhow::ensure!(!endpoints.is_empty(), "no coordinator of this cluster is running");
         let tls = self.tls();
         loop {
             self.check_alive()?;

@@ -65,7 +65,12 @@ impl Haproxy {
                 check_name("server address", &server.address, address_byte)?;
             }
         }
-        Ok(ConfigTemplate { map_path: &topology.map_path, backends: &topology.backends }.render()?)
+        let mut rendered = ConfigTemplate { map_path: &topology.map_path, backends: &topology.backends }.render()?;
+        // haproxy -c refuses a last line without LF, which the template leaves when there is no backend.
+        if !rendered.ends_with('\n') {
+            rendered.push('\n');
+        }
+        Ok(rendered)
     }
 
     /// Renders, validates (`haproxy -c`), swaps in and reloads the config when it changed; returns whether it did.
@@ -132,7 +137,15 @@ impl Haproxy {
         let container = self.target.container.as_str();
         match self.target.reload {
             ReloadMode::Hitless => {
-                let before = self.worker_pid().await.ok();
+                // A HAProxy still starting refuses its master socket and ignores SIGUSR2: wait for its
+                // first worker, then reload anyway (it may have read the file before we replaced it).
+                let before = match self.worker_pid().await {
+                    Ok(pid) => Some(pid),
+                    Err(_) => {
+                        self.wait_ready(None).await?;
+                        self.worker_pid().await.ok()
+                    }
+                };
                 let by_master = match self.master_socket().filter(|path| path.exists()) {
                     Some(path) => match master_reload(&path, self.ready_timeout).await {
                         Err(HaproxyError::Socket { source, .. }) if self.docker.is_some() => {
@@ -292,6 +305,7 @@ mod tests {
         let cfg = Haproxy::render_config(&topology(vec![])).expect("rendered");
         assert!(cfg.contains("backend no-such-site"));
         assert!(!cfg.contains("balance"));
+        assert!(cfg.ends_with("\n"), "haproxy -c refuses a last line without LF: {cfg:?}");
     }
 
     #[test]

@@ -1,23 +1,11 @@
-//! The HAProxy and Docker drivers against real `lbfleet/haproxy:dev` and `lbfleet/node:dev`
+//! The agent's HAProxy and Docker drivers against real `lbfleet/haproxy:dev` and `lbfleet/node:dev`
 //! containers. Without Docker these fail when `CI` is set and otherwise do nothing.
-//! Timings are printed (`--nocapture`), not asserted.
+//! Timings are printed (`--nocapture`), not asserted; `agent_bench` measures them properly.
 
-mod common;
-
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::docker;
-use common::docker_available;
-use common::http_get;
-use common::percentiles;
-use common::wait_for;
-use common::HaproxyBox;
-use common::Lab;
-use common::Mounts;
-use common::MAP_PATH;
 use futures::StreamExt;
 use lbfleet_agent::desired::Backend;
 use lbfleet_agent::desired::MapEntries;
@@ -32,8 +20,17 @@ use lbfleet_agent::haproxy::HaproxyTarget;
 use lbfleet_agent::haproxy::ReloadMode;
 use lbfleet_agent::haproxy::RuntimeChange;
 use lbfleet_agent::haproxy::RuntimeMode;
-
-const READY: Duration = Duration::from_secs(20);
+use lbfleet_tests::docker_lab::docker;
+use lbfleet_tests::docker_lab::docker_available;
+use lbfleet_tests::docker_lab::http_get;
+use lbfleet_tests::docker_lab::per_second;
+use lbfleet_tests::docker_lab::percentiles;
+use lbfleet_tests::docker_lab::wait_for;
+use lbfleet_tests::docker_lab::HaproxyBox;
+use lbfleet_tests::docker_lab::Lab;
+use lbfleet_tests::docker_lab::Mounts;
+use lbfleet_tests::docker_lab::MAP_PATH;
+use lbfleet_tests::docker_lab::READY;
 
 async fn driver(lb: &HaproxyBox, mode: RuntimeMode, reload: ReloadMode) -> Haproxy {
     let docker = DockerHost::connect(None).await.expect("Docker reachable");
@@ -75,10 +72,6 @@ async fn sorted_map(haproxy: &Haproxy) -> Vec<(String, String)> {
 
 fn big_map(n: usize) -> MapEntries {
     (0..n).map(|i| (format!("site-{i:07}.example.com"), format!("shard-web-{}", i % 7))).collect()
-}
-
-fn per_second(n: usize, elapsed: Duration) -> u64 {
-    (n as f64 / elapsed.as_secs_f64()) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +140,7 @@ async fn runtime_add_set_del_with_missing_keys_and_duplicates() {
     let report = haproxy.apply_runtime(&changes).await.expect("bulk add");
     let elapsed = started.elapsed();
     assert_eq!(report.added, 50_000);
-    println!("socket: 50,000 add map pipelined in {elapsed:?} ({} ops/s)", per_second(50_000, elapsed));
+    println!("socket: 50,000 add map pipelined in {elapsed:?} ({:.0} ops/s)", per_second(50_000, elapsed));
     assert_eq!(haproxy.show_map().await.expect("show map").len(), 3 + 500 + 50_000);
 }
 
@@ -265,12 +258,12 @@ async fn apply_config_routes_to_a_node_and_refuses_an_invalid_config() {
     // The reload loaded the map file.
     assert_eq!(haproxy.show_map().await.expect("show map"), entries(&[("site.example.com", "shard-web-1")]));
     for host in ["site.example.com", "SITE.Example.com:80"] {
-        let answer = http_get(lb.http(), host).await.expect("HTTP");
+        let answer = http_get(lb.http().expect("published port"), host).await.expect("HTTP");
         assert_eq!(answer.status, 200, "{host}: {answer:?}");
         assert_eq!(answer.header("x-shard"), Some("web-1"));
         assert_eq!(answer.header("x-served-by"), Some("web-1-node-0"));
     }
-    assert_eq!(http_get(lb.http(), "unknown.example.com").await.expect("HTTP").status, 404);
+    assert_eq!(http_get(lb.http().expect("published port"), "unknown.example.com").await.expect("HTTP").status, 404);
 
     let servers = wait_for("the node to be UP", READY, || async {
         let servers = haproxy.show_servers().await.ok()?;
@@ -303,7 +296,7 @@ async fn apply_config_routes_to_a_node_and_refuses_an_invalid_config() {
     }
     assert_eq!(std::fs::read_to_string(lb.config_dir.join("haproxy.cfg")).expect("config"), before);
     assert!(!lb.config_dir.join("haproxy.cfg.candidate").exists(), "candidate removed");
-    let answer = http_get(lb.http(), "site.example.com").await.expect("HTTP");
+    let answer = http_get(lb.http().expect("published port"), "site.example.com").await.expect("HTTP");
     assert_eq!(answer.status, 200);
 }
 
@@ -344,7 +337,7 @@ async fn exec_fallback_without_shared_directories() {
     let started = Instant::now();
     assert_eq!(haproxy.apply_runtime(&changes).await.expect("bulk").added, 20_000);
     let elapsed = started.elapsed();
-    println!("exec: 20,000 add map pipelined in {elapsed:?} ({} ops/s)", per_second(20_000, elapsed));
+    println!("exec: 20,000 add map pipelined in {elapsed:?} ({:.0} ops/s)", per_second(20_000, elapsed));
 
     let map = big_map(20_000);
     let started = Instant::now();
@@ -383,7 +376,7 @@ async fn exec_fallback_without_shared_directories() {
     println!("exec: apply_config with stop + start: {:?}", started.elapsed());
     assert_ne!(docker(&["inspect", "-f", "{{.State.StartedAt}}", &lb.container]).expect("inspect"), before);
     assert_eq!(restarting.show_map().await.expect("show map").len(), 20_000);
-    let answer = http_get(lb.http(), "site-0000001.example.com").await.expect("HTTP");
+    let answer = http_get(lb.http().expect("published port"), "site-0000001.example.com").await.expect("HTTP");
     assert_eq!((answer.status, answer.header("x-shard")), (200, Some("web-1")), "{answer:?}");
     // Every exec session ended its socat (no process left waiting on a half-closed socket).
     wait_for("socat to exit", Duration::from_secs(5), || async {
@@ -393,8 +386,14 @@ async fn exec_fallback_without_shared_directories() {
     .await
     .expect("no socat left");
     // shard-web-2 has no servers yet; shard-web-3 is not in the config, so the default backend answers.
-    assert_eq!(http_get(lb.http(), "site-0000002.example.com").await.expect("HTTP").status, 503);
-    assert_eq!(http_get(lb.http(), "site-0000003.example.com").await.expect("HTTP").status, 404);
+    assert_eq!(
+        http_get(lb.http().expect("published port"), "site-0000002.example.com").await.expect("HTTP").status,
+        503
+    );
+    assert_eq!(
+        http_get(lb.http().expect("published port"), "site-0000003.example.com").await.expect("HTTP").status,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,37 +423,4 @@ async fn docker_host_inspects_execs_and_names_missing_containers() {
     assert!(matches!(missing, Err(DockerError::NotFound { .. })), "{missing:?}");
     let unreachable = DockerHost::connect(Some(Path::new("/nonexistent/docker.sock"))).await;
     assert!(matches!(unreachable, Err(DockerError::Unreachable { .. })), "{unreachable:?}");
-}
-
-/// Benchmark for the 1M-entry full resync target: `cargo test --release -p lbfleet-agent
-/// --test haproxy_driver -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: one million entries"]
-async fn bench_full_resync_one_million_entries() {
-    if !docker_available() {
-        return;
-    }
-    let mut lab = Lab::new("million").expect("lab");
-    let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
-    let map = big_map(1_000_000);
-    let started = Instant::now();
-    haproxy.write_map_file(&map).await.expect("map file");
-    let file_elapsed = started.elapsed();
-    let started = Instant::now();
-    haproxy.replace_runtime_map(&map).await.expect("replaced");
-    let replace_elapsed = started.elapsed();
-    let started = Instant::now();
-    let shown = haproxy.show_map().await.expect("show map");
-    println!(
-        "socket: 1,000,000 entries: map file {file_elapsed:?}, replace_runtime_map {replace_elapsed:?}, \
-         show_map {:?}",
-        started.elapsed()
-    );
-    assert_eq!(shown.len(), 1_000_000);
-    let counts: BTreeMap<&str, usize> = shown.iter().fold(BTreeMap::new(), |mut m, (_, v)| {
-        *m.entry(v.as_str()).or_default() += 1;
-        m
-    });
-    assert_eq!(counts.len(), 7);
 }

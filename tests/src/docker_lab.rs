@@ -1,0 +1,568 @@
+//! Real containers for the Docker tests and the agent benchmark: a Docker network per lab,
+//! HAProxy containers with their socket, map and config directories shared with the host,
+//! nginx nodes, `lbfleet-agent` processes, and a whole fleet of them behind one coordinator.
+//! Everything a lab starts is removed again when it is dropped, also after a panic.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use anyhow::Context;
+use lbfleet_coordinator::ctl::client::Client;
+use lbfleet_proto::pb;
+use lbfleet_proto::pb::command::Kind;
+use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::process::ClusterOptions;
+use crate::process::ProcessCluster;
+
+/// The HAProxy image `docker/build-images.sh` builds.
+pub const HAPROXY_IMAGE: &str = "lbfleet/haproxy:dev";
+/// The nginx node image `docker/build-images.sh` builds.
+pub const NODE_IMAGE: &str = "lbfleet/node:dev";
+/// The FQDN map inside the HAProxy container; also its name in the runtime API.
+pub const MAP_PATH: &str = "/var/lib/haproxy/maps/fqdn-to-shard.map";
+/// How long a container or an agent gets to come up.
+pub const READY: Duration = Duration::from_secs(30);
+
+/// Whether Docker and the images are here. Without them this panics when `CI` is set, and
+/// otherwise says why the test did nothing: Docker tests never pass by skipping in CI.
+pub fn docker_available() -> bool {
+    let probe =
+        Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", HAPROXY_IMAGE, NODE_IMAGE]).output();
+    let problem = match probe {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        Err(e) => format!("cannot run docker: {e}"),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("Docker or the lbfleet images are unavailable and CI is set ({problem}); build them with docker/build-images.sh");
+    }
+    eprintln!("note: Docker test not run: {problem} (build the images with docker/build-images.sh)");
+    false
+}
+
+/// Runs the docker CLI and returns its trimmed stdout.
+pub fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker").args(args).output().context("running docker")?;
+    if !out.status.success() {
+        bail!("docker {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Which host directories an HAProxy container gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Mounts {
+    /// `/var/run/haproxy` (admin and master sockets).
+    pub sockets: bool,
+    /// `/var/lib/haproxy/maps`.
+    pub maps: bool,
+    /// `/usr/local/etc/haproxy`.
+    pub config: bool,
+}
+
+impl Mounts {
+    /// Every directory shared, as the agent's normal path expects.
+    pub const ALL: Mounts = Mounts { sockets: true, maps: true, config: true };
+    /// Nothing shared: the agent must go through `docker exec`.
+    pub const NONE: Mounts = Mounts { sockets: false, maps: false, config: false };
+}
+
+/// One HAProxy container of a lab.
+#[derive(Debug, Clone)]
+pub struct HaproxyBox {
+    /// Container name, unique per lab.
+    pub container: String,
+    /// Host directory for the sockets; exists even when not mounted (then it stays empty).
+    pub socket_dir: PathBuf,
+    /// Host directory for the map file.
+    pub map_dir: PathBuf,
+    /// Host directory for `haproxy.cfg`.
+    pub config_dir: PathBuf,
+    /// Which of the directories the container sees.
+    pub mounts: Mounts,
+}
+
+impl HaproxyBox {
+    /// `127.0.0.1:<port>` published for the container's :80; Docker picks a new port on every start.
+    pub fn http(&self) -> anyhow::Result<SocketAddr> {
+        let port = docker(&["port", &self.container, "80/tcp"])?;
+        port.lines().find_map(|line| line.parse().ok()).with_context(|| format!("no published port in {port:?}"))
+    }
+
+    /// The admin socket as seen from the host.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.socket_dir.join("admin.sock")
+    }
+
+    /// Sends one command to the admin socket shared with the host and returns HAProxy's answer.
+    pub async fn admin(&self, command: &str) -> anyhow::Result<String> {
+        admin_command(&self.admin_socket(), command).await
+    }
+
+    /// Waits until the worker answers the admin socket and the master its CLI: a reload signalled
+    /// while HAProxy still starts up is lost (PID 1 ignores signals it has no handler for yet).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let master = self.socket_dir.join("master.sock");
+        wait_for(&format!("{} to start", self.container), READY, || async {
+            let info = self.admin("show info").await.ok()?;
+            let procs = admin_command(&master, "show proc").await.ok()?;
+            let worker = procs.lines().any(|line| line.split_whitespace().nth(1) == Some("worker"));
+            (info.contains("Pid:") && worker).then_some(())
+        })
+        .await
+    }
+
+    /// Whether HAProxy's runtime map holds `fqdn` (`get map`, one connection).
+    pub async fn holds(&self, fqdn: &str) -> anyhow::Result<bool> {
+        let answer = self.admin(&format!("get map {MAP_PATH} {fqdn}")).await?;
+        Ok(answer.contains("found=yes"))
+    }
+
+    /// The number of entries in HAProxy's runtime map (`show map`).
+    pub async fn map_len(&self) -> anyhow::Result<usize> {
+        let answer = self.admin(&format!("show map {MAP_PATH}")).await?;
+        Ok(answer.lines().filter(|line| !line.trim().is_empty()).count())
+    }
+}
+
+/// Sends `command` over a fresh connection to an HAProxy admin or master socket (non-interactive
+/// mode: HAProxy answers and closes) and returns the answer.
+pub async fn admin_command(socket: &Path, command: &str) -> anyhow::Result<String> {
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(socket).await?;
+        stream.write_all(format!("{command}\n").as_bytes()).await?;
+        // The master CLI answers only once our side is closed, as socat does it.
+        stream.shutdown().await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        anyhow::Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .with_context(|| format!("{} did not answer `{command}` in time", socket.display()))?
+        .with_context(|| format!("admin socket {}", socket.display()))
+}
+
+/// Containers and a network for one test; everything is removed on drop, also after a panic.
+pub struct Lab {
+    /// Prefix of every container name, and the network's name.
+    pub prefix: String,
+    /// The Docker network every container joins; containers reach each other by name.
+    pub network: String,
+    containers: Vec<String>,
+    dirs: TempDir,
+}
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+impl Lab {
+    /// Creates the lab's network; `test` becomes part of every name.
+    pub fn new(test: &str) -> anyhow::Result<Lab> {
+        let prefix = format!("lbft-{test}-{}-{}", std::process::id(), LABS.fetch_add(1, Ordering::Relaxed));
+        let dirs = tempfile::Builder::new().prefix("lbfleet-lab-").tempdir()?;
+        docker(&["network", "create", &prefix])?;
+        Ok(Lab { network: prefix.clone(), prefix, containers: Vec::new(), dirs })
+    }
+
+    /// A directory of the lab on the host for logs and files; removed with the lab.
+    pub fn dir(&self) -> &Path {
+        self.dirs.path()
+    }
+
+    /// Starts an HAProxy container with the chosen host directories mounted.
+    pub fn start_haproxy(&mut self, name: &str, mounts: Mounts) -> anyhow::Result<HaproxyBox> {
+        let container = format!("{}-{name}", self.prefix);
+        let base = self.dirs.path().join(name);
+        let (socket_dir, map_dir, config_dir) = (base.join("sockets"), base.join("maps"), base.join("config"));
+        for dir in [&socket_dir, &map_dir, &config_dir] {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut args: Vec<String> =
+            ["run", "-d", "--name", &container, "--network", &self.network, "-p", "127.0.0.1::80"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        for (mounted, dir, target) in [
+            (mounts.sockets, &socket_dir, "/var/run/haproxy"),
+            (mounts.maps, &map_dir, "/var/lib/haproxy/maps"),
+            (mounts.config, &config_dir, "/usr/local/etc/haproxy"),
+        ] {
+            if mounted {
+                args.push("-v".into());
+                args.push(format!("{}:{target}", dir.display()));
+            }
+        }
+        args.push(HAPROXY_IMAGE.into());
+        // Registered before it runs: a half-started container is removed too.
+        self.containers.push(container.clone());
+        docker(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(HaproxyBox { container, socket_dir, map_dir, config_dir, mounts })
+    }
+
+    /// Starts an nginx node answering with `X-Shard: <shard>` and `X-Served-By: <name>`; returns
+    /// its container name, which is also its DNS name on the lab's network.
+    pub fn start_node(&mut self, name: &str, shard: &str) -> anyhow::Result<String> {
+        let container = format!("{}-{name}", self.prefix);
+        self.containers.push(container.clone());
+        let env = format!("SHARD={shard}");
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--hostname",
+            name,
+            "--network",
+            &self.network,
+            "-e",
+            &env,
+            NODE_IMAGE,
+        ])?;
+        Ok(container)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(self.containers.iter().map(String::as_str));
+            if let Err(e) = docker(&args) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+        if let Err(e) = docker(&["network", "rm", &self.network]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// Settings of one `lbfleet-agent` process.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `--reconcile-interval`, seconds.
+    pub reconcile_interval: f64,
+    /// `--report-interval`, seconds.
+    pub report_interval: f64,
+    /// `LBFLEET_LOG` for the agent.
+    pub log_filter: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> AgentOptions {
+        AgentOptions { reconcile_interval: 0.5, report_interval: 1.0, log_filter: "info".into() }
+    }
+}
+
+/// An `lbfleet-agent` process on the host, driving one HAProxy container; killed on drop.
+pub struct AgentProcess {
+    /// The host id it runs as.
+    pub host_id: String,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Starts `binary` for `host_id` against `lb`'s shared directories, logging to `log_path`.
+    pub fn start(
+        binary: &Path,
+        host_id: &str,
+        endpoints: &[String],
+        tls_dir: &Path,
+        lb: &HaproxyBox,
+        options: &AgentOptions,
+        log_path: PathBuf,
+    ) -> anyhow::Result<AgentProcess> {
+        let log = File::options().create(true).append(true).open(&log_path)?;
+        let child = Command::new(binary)
+            .args(["--host-id", host_id, "--endpoints", &endpoints.join(",")])
+            .arg("--tls-dir")
+            .arg(tls_dir)
+            .arg("--socket-dir")
+            .arg(&lb.socket_dir)
+            .arg("--map-dir")
+            .arg(&lb.map_dir)
+            .arg("--config-dir")
+            .arg(&lb.config_dir)
+            .args(["--reconcile-interval", &options.reconcile_interval.to_string()])
+            .args(["--report-interval", &options.report_interval.to_string()])
+            .env("LBFLEET_LOG", &options.log_filter)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        Ok(AgentProcess { host_id: host_id.to_owned(), log_path, child: Some(child) })
+    }
+
+    /// Everything the agent has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Adds `agent:<host>` certificates to an existing TLS directory, signed by its CA (`lbfleet pki init`
+/// keeps what is there and creates only what is missing).
+pub fn add_agent_certs(lbfleet: &Path, tls_dir: &Path, hosts: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(lbfleet)
+        .args(["pki", "init", "--dir"])
+        .arg(tls_dir)
+        .arg("--agent")
+        .args(hosts)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", lbfleet.display()))?;
+    if !output.status.success() {
+        bail!("lbfleet pki init failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// One LB host of a fleet: its HAProxy container and the agent that drives it.
+pub struct LbHost {
+    /// Host id, as registered and named in the agent's certificate.
+    pub id: String,
+    /// The host's HAProxy container.
+    pub lb: HaproxyBox,
+    /// The host's agent.
+    pub agent: AgentProcess,
+}
+
+/// A one-node coordinator, LB hosts (HAProxy + agent) and nginx nodes on one Docker network,
+/// with one lbfleet cluster registered. Agents, then the coordinator, then the containers go on drop.
+pub struct Fleet {
+    /// The LB hosts, in the order given.
+    pub hosts: Vec<LbHost>,
+    /// The coordinator process.
+    pub coordinators: ProcessCluster,
+    /// The containers and network.
+    pub lab: Lab,
+    /// The lbfleet cluster every host serves.
+    pub cluster: String,
+}
+
+impl Fleet {
+    /// Starts a coordinator, registers a cluster with `shard` (no nodes yet) and the hosts, starts
+    /// their HAProxy containers and agents, and waits until every agent has applied the topology.
+    pub async fn start(
+        test: &str,
+        cluster_options: ClusterOptions,
+        agent_binary: &Path,
+        shard: &str,
+        hosts: &[(&str, AgentOptions)],
+    ) -> anyhow::Result<Fleet> {
+        let mut lab = Lab::new(test)?;
+        let lbfleet = cluster_options.binary.clone();
+        let coordinators = ProcessCluster::start_with(1, cluster_options)?;
+        let ids: Vec<&str> = hosts.iter().map(|(id, _)| *id).collect();
+        add_agent_certs(&lbfleet, &coordinators.tls_dir, &ids)?;
+        let client = coordinators.client().await?;
+        let cluster = "fleet".to_owned();
+        client
+            .write(Kind::CreateCluster(pb::CreateCluster { name: cluster.clone(), haproxy_container: String::new() }))
+            .await?;
+        let create = pb::CreateShard { name: shard.to_owned(), cluster: cluster.clone() };
+        client.write(Kind::CreateShard(create)).await?;
+        let mut boxes = Vec::new();
+        let mut version = 0;
+        for id in &ids {
+            let lb = lab.start_haproxy(id, Mounts::ALL)?;
+            let add = pb::AddHost {
+                id: id.to_string(),
+                cluster: cluster.clone(),
+                address: String::new(),
+                haproxy_container: lb.container.clone(),
+            };
+            version = client.write(Kind::AddHost(add)).await?.version;
+            boxes.push(lb);
+        }
+        let mut fleet = Fleet { hosts: Vec::new(), coordinators, lab, cluster };
+        // Agents meet HAProxy already running, as on a host where the container outlives the agent.
+        for lb in &boxes {
+            lb.wait_ready().await?;
+        }
+        for ((id, options), lb) in hosts.iter().zip(boxes) {
+            let log_path = fleet.lab.dir().join(format!("agent-{id}.log"));
+            let agent = AgentProcess::start(
+                agent_binary,
+                id,
+                &fleet.coordinators.endpoints(),
+                &fleet.coordinators.tls_dir,
+                &lb,
+                options,
+                log_path,
+            )?;
+            fleet.hosts.push(LbHost { id: id.to_string(), lb, agent });
+        }
+        fleet.wait_applied(&client, version).await?;
+        Ok(fleet)
+    }
+
+    /// A client connected to the coordinator.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        self.coordinators.client().await
+    }
+
+    /// The LB host `id`.
+    pub fn host(&self, id: &str) -> &LbHost {
+        self.hosts.iter().find(|h| h.id == id).unwrap_or_else(|| panic!("no LB host {id}"))
+    }
+
+    /// The LB host `id`, mutably.
+    pub fn host_mut(&mut self, id: &str) -> &mut LbHost {
+        self.hosts.iter_mut().find(|h| h.id == id).unwrap_or_else(|| panic!("no LB host {id}"))
+    }
+
+    /// Starts one nginx node per name in `nodes` and adds it to `shard` (on the first host); waits until applied.
+    pub async fn add_nodes(&mut self, client: &Client, shard: &str, nodes: &[&str]) -> anyhow::Result<()> {
+        let mut version = 0;
+        for node in nodes {
+            let container = self.lab.start_node(node, shard)?;
+            let add = pb::AddNode {
+                name: node.to_string(),
+                shard: shard.to_owned(),
+                host: self.hosts[0].id.clone(),
+                address: format!("{container}:80"),
+                container,
+            };
+            version = client.write(Kind::AddNode(add)).await?.version;
+        }
+        self.wait_applied(client, version).await
+    }
+
+    /// Binds `fqdn` to `shard` and waits until every host applied it (`bind --wait`); returns the version.
+    pub async fn bind(&self, client: &Client, fqdn: &str, shard: &str) -> anyhow::Result<u64> {
+        let bind = pb::Bind { fqdn: fqdn.to_owned(), shard: shard.to_owned(), cluster: String::new() };
+        let version = client.write(Kind::Bind(bind)).await?.version;
+        self.wait_applied(client, version).await?;
+        Ok(version)
+    }
+
+    /// Unbinds `fqdn` and waits until every host applied it (`unbind --wait`).
+    pub async fn unbind(&self, client: &Client, fqdn: &str) -> anyhow::Result<u64> {
+        let unbind = pb::Unbind { fqdn: fqdn.to_owned(), cluster: String::new() };
+        let version = client.write(Kind::Unbind(unbind)).await?.version;
+        self.wait_applied(client, version).await?;
+        Ok(version)
+    }
+
+    /// Waits until every host of the cluster acknowledged `version`; the error quotes the agents' logs.
+    pub async fn wait_applied(&self, client: &Client, version: u64) -> anyhow::Result<()> {
+        let progress = client.wait_applied(&self.cluster, version, READY).await?;
+        if !progress.done {
+            bail!("version {version} not applied on every host: {:?}\n{}", progress.hosts, self.agent_logs());
+        }
+        Ok(())
+    }
+
+    /// The last lines of every agent's log, for failure messages.
+    pub fn agent_logs(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| format!("--- agent {} ---\n{}", h.id, crate::process::tail(&h.agent.log(), 30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Retries `probe` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP answer: status, lower-case header names, body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// Headers in order, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `GET /` with `Host: <host>` over a fresh connection.
+pub async fn http_get(addr: SocketAddr, host: &str) -> anyhow::Result<HttpAnswer> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).context("status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpAnswer { status, headers, body: body.to_owned() })
+}
+
+/// Median and 99th percentile of `samples` (nearest rank); zero for no samples.
+pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// Operations per second.
+pub fn per_second(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
+}
