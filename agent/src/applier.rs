@@ -2,6 +2,7 @@
 //! reconciliation against what HAProxy really holds, and the reports about it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use lbfleet_proto::pb;
@@ -19,12 +20,33 @@ use crate::desired::Topology;
 use crate::docker::DockerHost;
 use crate::haproxy::Haproxy;
 use crate::haproxy::HaproxyTarget;
+use crate::haproxy::MapFileWrite;
 use crate::haproxy::RuntimeChange;
 
 /// Drift larger than this is repaired by replacing the whole runtime map instead of key by key.
 const BULK_REPAIR_THRESHOLD: usize = 1_000;
 /// Drifted keys quoted in a report.
 const DRIFT_EXAMPLES: usize = 10;
+
+/// Serializes map file writes and skips those older than what is already on disk, so a
+/// background write can never put back an older map over a newer one.
+#[derive(Clone, Default)]
+pub struct MapFileGuard {
+    written: Arc<tokio::sync::Mutex<u64>>,
+}
+
+impl MapFileGuard {
+    /// Runs `write` for `version` unless a write of that version or a newer one already happened.
+    pub async fn write(&self, version: u64, write: MapFileWrite) -> Result<(), crate::haproxy::HaproxyError> {
+        let mut written = self.written.lock().await;
+        if version < *written {
+            return Ok(());
+        }
+        write.run().await?;
+        *written = version;
+        Ok(())
+    }
+}
 
 /// Why a version could not be applied; the agent NACKs it.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +81,7 @@ pub struct Applier {
     container_started_at: Option<String>,
     /// Deltas reached HAProxy's runtime map but not yet the map file.
     map_file_stale: bool,
+    map_file_guard: MapFileGuard,
 }
 
 impl Applier {
@@ -83,6 +106,7 @@ impl Applier {
             last_error: None,
             container_started_at: None,
             map_file_stale: false,
+            map_file_guard: MapFileGuard::default(),
         }
     }
 
@@ -131,9 +155,9 @@ impl Applier {
             topology: topology_from_pb(&topology),
             map,
         });
-        let (haproxy, desired) = self.driver();
         // The file first: a reload or restart from here on loads the new map.
-        haproxy.write_map_file(&desired.map).await?;
+        self.write_map_file_now().await?;
+        let (haproxy, desired) = self.driver();
         haproxy.apply_config(&desired.topology).await?;
         haproxy.replace_runtime_map(&desired.map).await?;
         info!(version = desired.version, entries = desired.map.len(), "applied full state");
@@ -185,12 +209,13 @@ impl Applier {
         if !runtime.is_empty() {
             self.map_file_stale = true;
         }
-        let (haproxy, desired) = self.driver();
         if topology_changed {
             // A reload rereads the map file, so it must hold the new map first.
-            haproxy.write_map_file(&desired.map).await?;
+            self.write_map_file_now().await?;
+            let (haproxy, desired) = self.driver();
             haproxy.apply_config(&desired.topology).await?;
         }
+        let (haproxy, desired) = self.driver();
         if !runtime.is_empty() {
             // Live first; the map file follows in `persist`, once for a burst of deltas.
             let report = haproxy.apply_runtime(&runtime).await?;
@@ -205,20 +230,31 @@ impl Applier {
         Ok(version)
     }
 
-    /// Writes the map file when deltas changed the map since it was last written, so a restart
-    /// or reload of HAProxy keeps what was applied. Call before acknowledging.
-    pub async fn persist(&mut self) -> Result<(), ApplyError> {
+    /// The map file write owed for deltas applied since the file was last written, if any,
+    /// with the version it covers. Run it (see `MapFileGuard`) before acknowledging that version.
+    pub fn pending_map_file(&mut self) -> Result<Option<(u64, MapFileWrite)>, ApplyError> {
         if !self.map_file_stale || self.desired.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let (haproxy, desired) = self.driver();
-        let result = haproxy.write_map_file(&desired.map).await;
-        if let Err(error) = &result {
-            self.last_error = Some(error.to_string());
-        } else {
-            self.map_file_stale = false;
-        }
-        Ok(result?)
+        let write = haproxy.prepare_map_file(&desired.map)?;
+        let version = desired.version;
+        self.map_file_stale = false;
+        Ok(Some((version, write)))
+    }
+
+    /// Orders map file writes made here with those run in the background.
+    pub fn map_file_guard(&self) -> MapFileGuard {
+        self.map_file_guard.clone()
+    }
+
+    /// Writes the desired map file now (full state, config change, repair), ahead of any queued write.
+    async fn write_map_file_now(&mut self) -> Result<(), ApplyError> {
+        let guard = self.map_file_guard.clone();
+        let (haproxy, desired) = self.driver();
+        let write = haproxy.prepare_map_file(&desired.map)?;
+        guard.write(desired.version, write).await?;
+        Ok(())
     }
 
     /// The driver for the desired container (rebuilt when the coordinator names another one),
@@ -260,11 +296,13 @@ impl Applier {
             duplicates = drift.duplicates,
             "HAProxy map drifted from the desired state; repairing"
         );
-        haproxy.write_map_file(&desired.map).await?;
+        let repairs = repairs(&desired.map, &actual);
+        self.write_map_file_now().await?;
+        let (haproxy, desired) = self.driver();
         if changed as usize > BULK_REPAIR_THRESHOLD {
             haproxy.replace_runtime_map(&desired.map).await?;
         } else {
-            haproxy.apply_runtime(&repairs(&desired.map, &actual)).await?;
+            haproxy.apply_runtime(&repairs).await?;
         }
         drift.repaired = true;
         self.map_file_stale = false;
@@ -437,6 +475,27 @@ mod tests {
 
     fn held(entries: &[(&str, &str)]) -> Vec<(String, String)> {
         entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn an_older_map_file_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = HaproxyTarget {
+            container: "lb".into(),
+            socket_dir: None,
+            map_dir: Some(dir.path().to_path_buf()),
+            config_dir: None,
+            map_path: "/var/lib/haproxy/maps/fqdn-to-shard.map".into(),
+            reload: crate::haproxy::ReloadMode::Hitless,
+        };
+        let haproxy = Haproxy::new(target, None, crate::haproxy::RuntimeMode::Socket);
+        let guard = MapFileGuard::default();
+        let newer = haproxy.prepare_map_file(&map(&[("new.com", "s1")])).unwrap();
+        let older = haproxy.prepare_map_file(&map(&[("old.com", "s1")])).unwrap();
+        guard.write(7, newer).await.unwrap();
+        guard.write(6, older).await.unwrap();
+        let file = std::fs::read_to_string(dir.path().join("fqdn-to-shard.map")).unwrap();
+        assert_eq!(file, "new.com s1\n");
     }
 
     #[test]

@@ -19,7 +19,9 @@ use tracing::info;
 use tracing::warn;
 
 use crate::applier::Applier;
+use crate::applier::MapFileGuard;
 use crate::config::AgentConfig;
+use crate::haproxy::MapFileWrite;
 
 /// Metadata key in which a follower names the leader's address.
 const LEADER_METADATA: &str = "x-lbfleet-leader";
@@ -154,6 +156,9 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
     info!(%endpoint, version = applier.version(), "connected to coordinator");
     // Heartbeats go out from their own task, so a long apply does not make the coordinator drop us.
     let beating = out.clone();
+    let (files, file_queue) = mpsc::channel(4);
+    // Not aborted with the stream: queued writes still reach the disk, only their acks are lost.
+    tokio::spawn(map_file_writer(file_queue, applier.map_file_guard(), out.clone()));
     let _heartbeats = AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
@@ -193,7 +198,7 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
                             }
                         }
                         update => {
-                            if let Err(ended) = apply_burst(applier, update, &mut inbound, &out).await {
+                            if let Err(ended) = apply_burst(applier, update, &mut inbound, &out, &files).await {
                                 return ended;
                             }
                             last_heard = tokio::time::Instant::now();
@@ -231,6 +236,7 @@ async fn apply_burst(
     first: CoordinatorKind,
     inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
     out: &mpsc::Sender<pb::AgentMessage>,
+    files: &mpsc::Sender<(u64, MapFileWrite)>,
 ) -> Result<(), Ended> {
     let closed = || Ended::Failed("stream closed".into());
     let mut applied = None;
@@ -263,13 +269,40 @@ async fn apply_burst(
         }
     }
     if let Some(version) = applied {
-        let answer = match applier.persist().await {
-            Ok(()) => AgentKind::Ack(pb::Ack { version }),
-            Err(error) => AgentKind::Nack(pb::Nack { version, error: error.to_string() }),
-        };
-        out.send(message(answer)).await.map_err(|_| closed())?;
+        match applier.pending_map_file() {
+            // The file write (an fsync of the whole map) runs behind us; it acknowledges when done.
+            Ok(Some(write)) => files.send(write).await.map_err(|_| closed())?,
+            Ok(None) => out.send(message(AgentKind::Ack(pb::Ack { version }))).await.map_err(|_| closed())?,
+            Err(error) => {
+                let nack = AgentKind::Nack(pb::Nack { version, error: error.to_string() });
+                out.send(message(nack)).await.map_err(|_| closed())?;
+            }
+        }
     }
     ended.map_or(Ok(()), Err)
+}
+
+/// Writes map files queued by deltas, newest only when several wait, then acknowledges the
+/// version each covers: acknowledged means on disk too.
+async fn map_file_writer(
+    mut queue: mpsc::Receiver<(u64, MapFileWrite)>,
+    guard: MapFileGuard,
+    out: mpsc::Sender<pb::AgentMessage>,
+) {
+    while let Some(mut next) = queue.recv().await {
+        while let Ok(newer) = queue.try_recv() {
+            next = newer;
+        }
+        let (version, write) = next;
+        let answer = match guard.write(version, write).await {
+            Ok(()) => AgentKind::Ack(pb::Ack { version }),
+            Err(error) => {
+                warn!(version, %error, "map file not written");
+                AgentKind::Nack(pb::Nack { version, error: format!("map file: {error}") })
+            }
+        };
+        let _ = out.send(message(answer)).await;
+    }
 }
 
 /// How a stream error ends the session: a redirect when it names the leader.

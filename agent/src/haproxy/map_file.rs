@@ -21,30 +21,51 @@ use crate::desired::MapEntries;
 const REPLACE_FROM_STDIN: &str =
     r#"set -e; t="$1.lbfleet-tmp"; trap 'rm -f "$t"' EXIT; cat > "$t"; sync "$t"; mv -f "$t" "$1"; sync "${1%/*}""#;
 
-impl Haproxy {
-    /// Atomically rewrites the map file, through the host directory when shared, else through `docker exec`.
-    pub async fn write_map_file(&self, map: &MapEntries) -> Result<(), HaproxyError> {
+/// A map file write: the map serialized when prepared, written when run, so the slow part
+/// (fsync of a large file) can happen off the caller's path.
+pub struct MapFileWrite {
+    driver: Haproxy,
+    contents: Vec<u8>,
+    entries: usize,
+}
+
+impl MapFileWrite {
+    /// Atomically replaces the map file with the prepared contents.
+    pub async fn run(self) -> Result<(), HaproxyError> {
         let started = Instant::now();
-        let contents = serialize_map(map)?;
-        let bytes = contents.len();
-        match &self.target.map_dir {
+        let bytes = self.contents.len();
+        let target = &self.driver.target;
+        match &target.map_dir {
             Some(dir) => {
-                let name = file_name(&self.target.map_path)?;
+                let name = file_name(&target.map_path)?;
                 let path = dir.join(name);
+                let contents = self.contents;
                 tokio::task::spawn_blocking(move || replace_file(&path, &contents)).await.map_err(|e| {
                     HaproxyError::File { op: "write", path: dir.join(name), source: std::io::Error::other(e) }
                 })??;
             }
-            None => self.replace_in_container(&self.target.map_path, contents).await?,
+            None => self.driver.replace_in_container(&target.map_path, self.contents).await?,
         }
         debug!(
-            container = %self.target.container,
-            entries = map.len(),
+            container = %target.container,
+            entries = self.entries,
             bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "map file written"
         );
         Ok(())
+    }
+}
+
+impl Haproxy {
+    /// Atomically rewrites the map file, through the host directory when shared, else through `docker exec`.
+    pub async fn write_map_file(&self, map: &MapEntries) -> Result<(), HaproxyError> {
+        self.prepare_map_file(map)?.run().await
+    }
+
+    /// Serializes `map` now for a write that runs later.
+    pub fn prepare_map_file(&self, map: &MapEntries) -> Result<MapFileWrite, HaproxyError> {
+        Ok(MapFileWrite { driver: self.clone(), contents: serialize_map(map)?, entries: map.len() })
     }
 
     /// Replaces `path` inside the container with `contents` (temp file + fsync + rename).

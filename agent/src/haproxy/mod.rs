@@ -10,6 +10,7 @@ mod stats;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use map_file::MapFileWrite;
 pub use runtime::RuntimeCommandError;
 pub use runtime::RuntimeReport;
 pub use stats::ServerHealth;
