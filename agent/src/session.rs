@@ -1,6 +1,9 @@
 //! The agent's one stream to the coordinator: connect (following the leader), resume from the
 //! held version, apply what arrives, answer with acks, nacks and reports, and reconnect with backoff.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -12,6 +15,7 @@ use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
 use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
@@ -156,9 +160,11 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
     info!(%endpoint, version = applier.version(), "connected to coordinator");
     // Heartbeats go out from their own task, so a long apply does not make the coordinator drop us.
     let beating = out.clone();
-    let (files, file_queue) = mpsc::channel(4);
-    // Not aborted with the stream: queued writes still reach the disk, only their acks are lost.
-    tokio::spawn(map_file_writer(file_queue, applier.map_file_guard(), out.clone()));
+    let (queue, file_queue) = mpsc::channel(1);
+    let files = FileWriter { queue, busy: Arc::new(AtomicBool::new(false)), idle: Arc::new(Notify::new()) };
+    // Not aborted with the stream: a queued write still reaches the disk, only its ack is lost.
+    let (busy, idle) = (files.busy.clone(), files.idle.clone());
+    tokio::spawn(map_file_writer(file_queue, applier.map_file_guard(), out.clone(), busy, idle));
     let _heartbeats = AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
@@ -219,6 +225,12 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
                 }
             },
             _ = reconcile.tick() => reconcile_soon = true,
+            // The last file write finished: write what deltas changed meanwhile, in one go.
+            _ = files.idle.notified() => {
+                if let Err(ended) = files.start(applier, &out).await {
+                    return ended;
+                }
+            }
             _ = report.tick() => {
                 let report = applier.report(0, false).await;
                 if out.send(message(AgentKind::Report(report))).await.is_err() {
@@ -236,7 +248,7 @@ async fn apply_burst(
     first: CoordinatorKind,
     inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
     out: &mpsc::Sender<pb::AgentMessage>,
-    files: &mpsc::Sender<(u64, MapFileWrite)>,
+    files: &FileWriter,
 ) -> Result<(), Ended> {
     let closed = || Ended::Failed("stream closed".into());
     let mut applied = None;
@@ -268,32 +280,53 @@ async fn apply_burst(
             Some(Err(status)) => ended = Some(ended_by(&status)),
         }
     }
-    if let Some(version) = applied {
-        match applier.pending_map_file() {
-            // The file write (an fsync of the whole map) runs behind us; it acknowledges when done.
-            Ok(Some(write)) => files.send(write).await.map_err(|_| closed())?,
-            Ok(None) => out.send(message(AgentKind::Ack(pb::Ack { version }))).await.map_err(|_| closed())?,
-            Err(error) => {
-                let nack = AgentKind::Nack(pb::Nack { version, error: error.to_string() });
-                out.send(message(nack)).await.map_err(|_| closed())?;
-            }
-        }
+    if applied.is_some() {
+        files.start(applier, out).await?;
     }
     ended.map_or(Ok(()), Err)
 }
 
-/// Writes map files queued by deltas, newest only when several wait, then acknowledges the
-/// version each covers: acknowledged means on disk too.
+/// Hands map file writes (an fsync of the whole map) to a task of their own, one at a time:
+/// deltas that arrive during a write are covered by the next one.
+struct FileWriter {
+    queue: mpsc::Sender<(u64, MapFileWrite)>,
+    busy: Arc<AtomicBool>,
+    idle: Arc<Notify>,
+}
+
+impl FileWriter {
+    /// Starts the write the applier owes, unless one is running (it then follows when that ends);
+    /// with nothing to write, acknowledges the applied version at once.
+    async fn start(&self, applier: &mut Applier, out: &mpsc::Sender<pb::AgentMessage>) -> Result<(), Ended> {
+        let closed = || Ended::Failed("stream closed".into());
+        if self.busy.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let version = applier.version();
+        match applier.pending_map_file() {
+            Ok(Some(write)) => {
+                self.busy.store(true, Ordering::Release);
+                self.queue.send(write).await.map_err(|_| closed())
+            }
+            Ok(None) => out.send(message(AgentKind::Ack(pb::Ack { version }))).await.map_err(|_| closed()),
+            Err(error) => {
+                let nack = AgentKind::Nack(pb::Nack { version, error: error.to_string() });
+                out.send(message(nack)).await.map_err(|_| closed())
+            }
+        }
+    }
+}
+
+/// Writes the map files handed over by `FileWriter` and acknowledges the version each covers:
+/// acknowledged means on disk too.
 async fn map_file_writer(
     mut queue: mpsc::Receiver<(u64, MapFileWrite)>,
     guard: MapFileGuard,
     out: mpsc::Sender<pb::AgentMessage>,
+    busy: Arc<AtomicBool>,
+    idle: Arc<Notify>,
 ) {
-    while let Some(mut next) = queue.recv().await {
-        while let Ok(newer) = queue.try_recv() {
-            next = newer;
-        }
-        let (version, write) = next;
+    while let Some((version, write)) = queue.recv().await {
         let answer = match guard.write(version, write).await {
             Ok(()) => AgentKind::Ack(pb::Ack { version }),
             Err(error) => {
@@ -302,6 +335,8 @@ async fn map_file_writer(
             }
         };
         let _ = out.send(message(answer)).await;
+        busy.store(false, Ordering::Release);
+        idle.notify_one();
     }
 }
 
