@@ -10,6 +10,8 @@ use lbfleet_proto::pb::raft_server::RaftServer;
 use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
 use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -158,9 +160,19 @@ impl Coordinator {
             return Ok(false);
         }
         let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, addr)| (*id, Node::new(addr.clone()))).collect();
-        self.raft.initialize(nodes).await.map_err(|e| StartError::Raft(e.to_string()))?;
-        info!(members = members.len(), "bootstrapped a new cluster");
-        Ok(true)
+        match self.raft.initialize(nodes).await {
+            Ok(()) => {
+                info!(members = members.len(), "bootstrapped a new cluster");
+                Ok(true)
+            }
+            // Every member may be started with --bootstrap: a peer that initialized first may already
+            // have asked for this node's vote, and the cluster then exists without us initializing it.
+            Err(RaftError::APIError(InitializeError::NotAllowed(state))) => {
+                info!(%state, "a peer bootstrapped the cluster first; joining it");
+                Ok(false)
+            }
+            Err(error) => Err(StartError::Raft(error.to_string())),
+        }
     }
 
     /// Stops serving and shuts Raft down, releasing the data dir.
