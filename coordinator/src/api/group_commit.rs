@@ -27,7 +27,7 @@ const MAX_GROUP: usize = 1_024;
 /// Commands waiting for the writer before callers feel back-pressure.
 const QUEUE: usize = 4_096;
 /// Groups in flight at once: while one replicates, the leader can already append the next.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 /// A committed command: the version (log index) that carries it and its own result.
 pub type Committed = (u64, CommandResult);
