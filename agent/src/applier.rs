@@ -401,10 +401,7 @@ fn topology_from_pb(topology: &pb::AgentTopology) -> Topology {
 
 /// Counts what differs between the desired map and HAProxy's entries; `None` when nothing does.
 pub fn measure_drift(desired: &MapEntries, actual: &[(String, String)]) -> Option<pb::DriftReport> {
-    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (fqdn, backend) in actual {
-        held.entry(fqdn.as_str()).or_default().push(backend.as_str());
-    }
+    let held = held_values(actual);
     let mut report = pb::DriftReport::default();
     let mut examples = Vec::new();
     for (fqdn, backend) in desired {
@@ -438,12 +435,18 @@ pub fn measure_drift(desired: &MapEntries, actual: &[(String, String)]) -> Optio
     Some(report)
 }
 
-/// Key-by-key runtime commands that turn `actual` into `desired`.
-fn repairs(desired: &MapEntries, actual: &[(String, String)]) -> Vec<RuntimeChange> {
+/// Every value HAProxy holds per key (more than one means the key was added twice).
+fn held_values(actual: &[(String, String)]) -> BTreeMap<&str, Vec<&str>> {
     let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (fqdn, backend) in actual {
         held.entry(fqdn.as_str()).or_default().push(backend.as_str());
     }
+    held
+}
+
+/// Key-by-key runtime commands that turn `actual` into `desired`.
+fn repairs(desired: &MapEntries, actual: &[(String, String)]) -> Vec<RuntimeChange> {
+    let held = held_values(actual);
     let mut changes = Vec::new();
     for (fqdn, backend) in desired {
         match held.get(fqdn.as_str()) {
