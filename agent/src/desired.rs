@@ -66,22 +66,6 @@ impl DesiredState {
     }
 }
 
-/// The changes that turn `actual` into `desired`, in key order; empty when they agree.
-pub fn map_diff(desired: &MapEntries, actual: &MapEntries) -> Vec<MapChange> {
-    let mut changes = Vec::new();
-    for (fqdn, backend) in desired {
-        if actual.get(fqdn) != Some(backend) {
-            changes.push(MapChange::Upsert { fqdn: fqdn.clone(), backend: backend.clone() });
-        }
-    }
-    for fqdn in actual.keys() {
-        if !desired.contains_key(fqdn) {
-            changes.push(MapChange::Remove { fqdn: fqdn.clone() });
-        }
-    }
-    changes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,32 +75,19 @@ mod tests {
     }
 
     #[test]
-    fn diff_finds_missing_changed_and_extra_keys() {
-        let desired = map(&[("a.com", "shard-1"), ("b.com", "shard-2"), ("c.com", "shard-1")]);
-        let actual = map(&[("a.com", "shard-1"), ("b.com", "shard-1"), ("x.com", "shard-9")]);
-        let changes = map_diff(&desired, &actual);
-        assert_eq!(
-            changes,
-            vec![
-                MapChange::Upsert { fqdn: "b.com".into(), backend: "shard-2".into() },
-                MapChange::Upsert { fqdn: "c.com".into(), backend: "shard-1".into() },
-                MapChange::Remove { fqdn: "x.com".into() },
-            ]
-        );
-        assert!(map_diff(&desired, &desired).is_empty());
-    }
-
-    #[test]
-    fn applying_the_diff_converges() {
-        let desired = map(&[("a.com", "shard-1"), ("b.com", "shard-2")]);
-        let actual = map(&[("b.com", "shard-1"), ("z.com", "shard-3")]);
+    fn changes_apply_in_order() {
         let mut state = DesiredState {
             version: 1,
             container: "lb".into(),
             topology: Topology { map_path: "/m".into(), backends: vec![] },
-            map: actual,
+            map: map(&[("b.com", "shard-1"), ("z.com", "shard-3")]),
         };
-        state.apply_changes(&map_diff(&desired, &state.map.clone()));
-        assert_eq!(state.map, desired);
+        state.apply_changes(&[
+            MapChange::Upsert { fqdn: "a.com".into(), backend: "shard-1".into() },
+            MapChange::Upsert { fqdn: "b.com".into(), backend: "shard-2".into() },
+            MapChange::Remove { fqdn: "z.com".into() },
+            MapChange::Remove { fqdn: "never.com".into() },
+        ]);
+        assert_eq!(state.map, map(&[("a.com", "shard-1"), ("b.com", "shard-2")]));
     }
 }

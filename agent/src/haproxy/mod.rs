@@ -16,7 +16,6 @@ pub use runtime::RuntimeReport;
 pub use stats::ServerHealth;
 use tracing::warn;
 
-use crate::desired::MapChange;
 use crate::docker::DockerError;
 use crate::docker::DockerHost;
 
@@ -135,16 +134,6 @@ pub enum RuntimeChange {
     Set { fqdn: String, backend: String },
     /// Remove every entry of a key (`del map`); a missing key is fine.
     Del { fqdn: String },
-}
-
-impl From<&MapChange> for RuntimeChange {
-    /// An upsert becomes `Set`, which adds the key when it is missing.
-    fn from(change: &MapChange) -> RuntimeChange {
-        match change {
-            MapChange::Upsert { fqdn, backend } => RuntimeChange::Set { fqdn: fqdn.clone(), backend: backend.clone() },
-            MapChange::Remove { fqdn } => RuntimeChange::Del { fqdn: fqdn.clone() },
-        }
-    }
 }
 
 /// Drives one HAProxy container: map file, runtime API, config and reloads.
