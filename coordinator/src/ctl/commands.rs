@@ -78,7 +78,10 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             };
             output::lb_show(json, &client.lb_state(&cluster, host.as_deref()).await?);
         }
-        Command::Status => output::status(json, &client.status().await?, &status_of_members(&client, timeout).await),
+        Command::Status => {
+            let status = client.status().await?;
+            output::status(json, &status, &status_of_members(&client, &status, timeout).await)
+        }
         Command::Members { change: None } => output::members(json, &client.status().await?),
         Command::Members { change: Some(MembersCommand::Add { member }) } => {
             let members = crate::daemon::config::parse_members(vec![member])?;
@@ -129,10 +132,11 @@ async fn only_cluster(client: &Client) -> anyhow::Result<String> {
 }
 
 /// Each member's own view (term, indexes), or why it did not answer.
-async fn status_of_members(client: &Client, timeout: Duration) -> Vec<(u64, Result<pb::StatusReply, String>)> {
-    let Ok(status) = client.status().await else {
-        return Vec::new();
-    };
+async fn status_of_members(
+    client: &Client,
+    status: &pb::StatusReply,
+    timeout: Duration,
+) -> Vec<(u64, Result<pb::StatusReply, String>)> {
     let mut views = Vec::new();
     for member in &status.members {
         // The node we talk to may advertise an address only its peers can resolve.
