@@ -527,14 +527,14 @@ mod tests {
 
         use lbfleet_proto::identity::authorize;
         use lbfleet_proto::Role;
-        use tonic::body::BoxBody;
-        use tonic::codec::ProstCodec;
+        use tonic::body::Body;
         use tonic::codegen::http;
         use tonic::codegen::Service;
         use tonic::server::NamedService;
         use tonic::Request;
         use tonic::Response;
         use tonic::Status;
+        use tonic_prost::ProstCodec;
 
         pub const PATH: &str = "/test.WhoAmI/Get";
 
@@ -560,16 +560,16 @@ mod tests {
             }
         }
 
-        impl Service<http::Request<BoxBody>> for WhoAmI {
-            type Response = http::Response<BoxBody>;
+        impl Service<http::Request<Body>> for WhoAmI {
+            type Response = http::Response<Body>;
             type Error = Infallible;
-            type Future = Pin<Box<dyn Future<Output = Result<http::Response<BoxBody>, Infallible>> + Send>>;
+            type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
             fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
                 Poll::Ready(Ok(()))
             }
 
-            fn call(&mut self, request: http::Request<BoxBody>) -> Self::Future {
+            fn call(&mut self, request: http::Request<Body>) -> Self::Future {
                 Box::pin(async move {
                     let mut grpc = tonic::server::Grpc::new(ProstCodec::<String, ()>::default());
                     Ok(grpc.unary(WhoAmI, request).await)
@@ -580,10 +580,10 @@ mod tests {
 
     #[tokio::test]
     async fn issued_certificates_authenticate_over_mtls() {
-        use tonic::codec::ProstCodec;
         use tonic::codegen::http::uri::PathAndQuery;
         use tonic::transport::Channel;
         use tonic::transport::Server;
+        use tonic_prost::ProstCodec;
 
         let dir = tempfile::tempdir().unwrap();
         let tls = TlsDir::new(dir.path());

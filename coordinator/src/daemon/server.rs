@@ -144,7 +144,7 @@ impl Coordinator {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpIncoming::from_listener(listener, true, None).map_err(|e| StartError::Raft(format!("listener: {e}")))?,
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = stopped.await;
             },
