@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use map_file::MapFileWrite;
 pub use runtime::RuntimeCommandError;
 pub use runtime::RuntimeReport;
-pub use stats::ServerHealth;
+pub use stats::ServerStat;
 use tracing::warn;
 
 use crate::docker::DockerError;

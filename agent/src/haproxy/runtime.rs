@@ -7,7 +7,7 @@ use tracing::debug;
 use super::cli::Answers;
 use super::cli::Batch;
 use super::stats;
-use super::stats::ServerHealth;
+use super::stats::ServerStat;
 use super::Haproxy;
 use super::HaproxyError;
 use super::RuntimeChange;
@@ -226,7 +226,7 @@ impl Haproxy {
     }
 
     /// Health of every backend server from `show stat`.
-    pub async fn show_servers(&self) -> Result<Vec<ServerHealth>, HaproxyError> {
+    pub async fn show_servers(&self) -> Result<Vec<ServerStat>, HaproxyError> {
         let output = self
             .run_command(&[("verb", "show"), ("verb", "stat"), ("proxy", "-1"), ("type", "4"), ("server", "-1")])
             .await?;

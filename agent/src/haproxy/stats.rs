@@ -2,7 +2,7 @@
 
 /// Health of one backend server as HAProxy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerHealth {
+pub struct ServerStat {
     /// Backend (proxy) name, e.g. `shard-web-1`.
     pub backend: String,
     /// Server name, e.g. `web-1-node-0`.
@@ -15,7 +15,7 @@ pub struct ServerHealth {
     pub check: String,
 }
 
-impl ServerHealth {
+impl ServerStat {
     /// Whether the server takes traffic (`UP`, including `UP` while going down, or `no check`).
     pub fn is_up(&self) -> bool {
         self.status.starts_with("UP") || self.status == "no check"
@@ -23,7 +23,7 @@ impl ServerHealth {
 }
 
 /// Parses `show stat` output, keeping only server rows.
-pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerHealth>, String> {
+pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, String> {
     let mut lines = output.lines();
     let header = lines
         .next()
@@ -44,7 +44,7 @@ pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerHealth>, String>
         if server == "FRONTEND" || server == "BACKEND" {
             continue;
         }
-        servers.push(ServerHealth {
+        servers.push(ServerStat {
             backend: field(Some(pxname)),
             server,
             status: field(Some(status)),

@@ -20,7 +20,7 @@ use super::group_commit::GroupCommit;
 use super::lb_state;
 use crate::agents::registry::AgentRegistry;
 use crate::raft::state_machine::SharedState;
-use crate::raft::Node;
+use crate::raft::Member;
 use crate::raft::NodeId;
 use crate::raft::Raft;
 
@@ -161,7 +161,7 @@ impl pb::admin_server::Admin for AdminService {
                     return Err(Status::invalid_argument(format!("invalid member address {:?}", member.address)));
                 }
                 // Catch up as a learner first, so the new voter does not stall commits.
-                self.raft.add_learner(member.id, Node::new(member.address), true).await.map_err(|e| failed(&e))?;
+                self.raft.add_learner(member.id, Member::new(member.address), true).await.map_err(|e| failed(&e))?;
                 voters.insert(member.id);
             }
             Change::Remove(id) => {

@@ -128,7 +128,7 @@ async fn commit(raft: &Raft, mut group: Vec<Pending>) {
 }
 
 /// Maps a failed write to the status clients see; "leader moved" is safe to resend.
-fn write_failed(error: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Node>>) -> Status {
+fn write_failed(error: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Member>>) -> Status {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             Status::unavailable(format!("leadership changed while writing{RETRY_HINT}"))

@@ -31,7 +31,7 @@ use crate::raft::network::MAX_MESSAGE_BYTES;
 use crate::raft::service::RaftService;
 use crate::raft::state_machine::SharedState;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::Node;
+use crate::raft::Member;
 use crate::raft::NodeId;
 use crate::raft::Raft;
 
@@ -159,7 +159,8 @@ impl Coordinator {
             info!("storage already initialized; --bootstrap ignored");
             return Ok(false);
         }
-        let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, addr)| (*id, Node::new(addr.clone()))).collect();
+        let nodes: BTreeMap<NodeId, Member> =
+            members.iter().map(|(id, addr)| (*id, Member::new(addr.clone()))).collect();
         match self.raft.initialize(nodes).await {
             Ok(()) => {
                 info!(members = members.len(), "bootstrapped a new cluster");

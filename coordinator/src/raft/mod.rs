@@ -16,7 +16,7 @@ use crate::state::StateError;
 /// Raft node ids are small integers chosen by the operator.
 pub type NodeId = u64;
 /// A member's advertised gRPC address.
-pub type Node = openraft::BasicNode;
+pub type Member = openraft::BasicNode;
 /// The result of applying one command, returned to the client that wrote it.
 pub type CommandResult = Result<Response, StateError>;
 
@@ -26,7 +26,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = CommandResult,
         NodeId = NodeId,
-        Node = Node,
+        Node = Member,
         SnapshotData = Cursor<Vec<u8>>,
 );
 

@@ -24,7 +24,7 @@ use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 
 use super::codec;
-use super::Node;
+use super::Member;
 use super::NodeId;
 use super::TypeConfig;
 
@@ -57,7 +57,7 @@ impl Network {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
         let client = channel(&node.addr, &self.tls).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -80,7 +80,7 @@ impl Connection {
         kind: Rpc,
         request: &Req,
         option: &RPCOption,
-    ) -> Result<Reply, RPCError<NodeId, Node, E>>
+    ) -> Result<Reply, RPCError<NodeId, Member, E>>
     where
         Req: Serialize,
         Reply: DeserializeOwned,
@@ -126,7 +126,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call(Rpc::AppendEntries, &request, &option).await
     }
 
@@ -134,7 +134,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         request: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
         self.call(Rpc::InstallSnapshot, &request, &option).await
     }
 
@@ -142,7 +143,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         request: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &request, &option).await
     }
 }

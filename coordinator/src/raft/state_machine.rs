@@ -27,7 +27,7 @@ use super::log_store::io_error;
 use super::CommandResult;
 use super::Entry;
 use super::LogId;
-use super::Node;
+use super::Member;
 use super::NodeId;
 use super::StorageError;
 use super::TypeConfig;
@@ -41,7 +41,7 @@ const CURRENT_SNAPSHOT: &[u8] = b"current";
 pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId>,
-    pub membership: StoredMembership<NodeId, Node>,
+    pub membership: StoredMembership<NodeId, Member>,
     /// Recent changes, for agent deltas.
     pub changes: ChangeLog,
 }
@@ -77,7 +77,7 @@ impl SharedState {
 
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, Node>,
+    meta: SnapshotMeta<NodeId, Member>,
     data: Vec<u8>,
 }
 
@@ -170,7 +170,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = StateMachineStore;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, Node>), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, Member>), StorageError> {
         let applied = self.shared.read();
         Ok((applied.last_applied, applied.membership.clone()))
     }
@@ -218,7 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, Node>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };

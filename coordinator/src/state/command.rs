@@ -81,7 +81,7 @@ pub struct BatchSummary {
 
 /// The kinds of objects the state holds, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
+pub enum ObjectKind {
     Cluster,
     Host,
     Shard,
@@ -89,14 +89,14 @@ pub enum Kind {
     Binding,
 }
 
-impl fmt::Display for Kind {
+impl fmt::Display for ObjectKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Kind::Cluster => "cluster",
-            Kind::Host => "host",
-            Kind::Shard => "shard",
-            Kind::Node => "node",
-            Kind::Binding => "binding",
+            ObjectKind::Cluster => "cluster",
+            ObjectKind::Host => "host",
+            ObjectKind::Shard => "shard",
+            ObjectKind::Node => "node",
+            ObjectKind::Binding => "binding",
         })
     }
 }
@@ -105,15 +105,15 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StateError {
     #[error("{kind} {name:?} not found")]
-    NotFound { kind: Kind, name: String },
+    NotFound { kind: ObjectKind, name: String },
     #[error("{kind} {name:?} already exists")]
-    AlreadyExists { kind: Kind, name: String },
+    AlreadyExists { kind: ObjectKind, name: String },
     #[error("invalid {field} {value:?}: {reason}")]
     Invalid { field: String, value: String, reason: String },
     #[error("{fqdn} is bound in several clusters ({}); name one with --cluster", clusters.join(", "))]
     Ambiguous { fqdn: String, clusters: Vec<String> },
     #[error("{kind} {name:?} belongs to cluster {actual:?}, not {expected:?}")]
-    WrongCluster { kind: Kind, name: String, expected: String, actual: String },
+    WrongCluster { kind: ObjectKind, name: String, expected: String, actual: String },
 }
 
 impl fmt::Display for Response {

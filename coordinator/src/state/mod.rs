@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 pub use command::BatchSummary;
 pub use command::Command;
-pub use command::Kind;
+pub use command::ObjectKind;
 pub use command::Response;
 pub use command::StateError;
 use lbfleet_proto::Fqdn;
@@ -26,7 +26,7 @@ pub struct State {
     pub clusters: BTreeMap<String, Cluster>,
     pub hosts: BTreeMap<String, Host>,
     pub shards: BTreeMap<String, Shard>,
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: BTreeMap<String, BackendNode>,
 }
 
 /// A load-balanced cluster: its config and its FQDN -> shard bindings.
@@ -64,7 +64,7 @@ pub struct Shard {
 
 /// A backend server (nginx) of a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Node {
+pub struct BackendNode {
     pub name: String,
     pub shard: String,
     pub host: String,
@@ -109,7 +109,7 @@ impl State {
             names::container_name("haproxy container", container)?;
         }
         if self.clusters.contains_key(name) {
-            return Err(already_exists(Kind::Cluster, name));
+            return Err(already_exists(ObjectKind::Cluster, name));
         }
         let haproxy_container = haproxy_container.clone().unwrap_or_else(|| DEFAULT_HAPROXY_CONTAINER.to_string());
         self.clusters.insert(
@@ -146,7 +146,7 @@ impl State {
         }
         self.cluster(cluster)?;
         if self.hosts.contains_key(id) {
-            return Err(already_exists(Kind::Host, id));
+            return Err(already_exists(ObjectKind::Host, id));
         }
         let host = Host {
             id: id.to_string(),
@@ -162,7 +162,7 @@ impl State {
         names::object_name("shard name", name)?;
         self.cluster(cluster)?;
         if self.shards.contains_key(name) {
-            return Err(already_exists(Kind::Shard, name));
+            return Err(already_exists(ObjectKind::Shard, name));
         }
         let lb_backend = format!("shard-{name}");
         let shard = Shard { name: name.to_string(), cluster: cluster.to_string(), lb_backend: lb_backend.clone() };
@@ -184,19 +184,19 @@ impl State {
             names::container_name("node container", container)?;
         }
         let shard_cluster = self.shard(shard)?.cluster.clone();
-        let host_cluster = &self.hosts.get(host).ok_or_else(|| not_found(Kind::Host, host))?.cluster;
+        let host_cluster = &self.hosts.get(host).ok_or_else(|| not_found(ObjectKind::Host, host))?.cluster;
         if *host_cluster != shard_cluster {
             return Err(StateError::WrongCluster {
-                kind: Kind::Host,
+                kind: ObjectKind::Host,
                 name: host.to_string(),
                 expected: shard_cluster,
                 actual: host_cluster.clone(),
             });
         }
         if self.nodes.contains_key(name) {
-            return Err(already_exists(Kind::Node, name));
+            return Err(already_exists(ObjectKind::Node, name));
         }
-        let node = Node {
+        let node = BackendNode {
             name: name.to_string(),
             shard: shard.to_string(),
             host: host.to_string(),
@@ -208,7 +208,7 @@ impl State {
     }
 
     fn remove_node(&mut self, name: &str) -> Result<Response, StateError> {
-        let node = self.nodes.remove(name).ok_or_else(|| not_found(Kind::Node, name))?;
+        let node = self.nodes.remove(name).ok_or_else(|| not_found(ObjectKind::Node, name))?;
         Ok(Response::NodeRemoved { name: node.name, shard: node.shard })
     }
 
@@ -219,7 +219,7 @@ impl State {
             if cluster != shard_cluster {
                 self.cluster(cluster)?;
                 return Err(StateError::WrongCluster {
-                    kind: Kind::Shard,
+                    kind: ObjectKind::Shard,
                     name: shard.to_string(),
                     expected: cluster.to_string(),
                     actual: shard_cluster,
@@ -239,14 +239,14 @@ impl State {
                 let holders: Vec<String> =
                     self.clusters.values().filter(|c| c.bindings.contains_key(&fqdn)).map(|c| c.name.clone()).collect();
                 match holders.as_slice() {
-                    [] => return Err(not_found(Kind::Binding, fqdn.as_str())),
+                    [] => return Err(not_found(ObjectKind::Binding, fqdn.as_str())),
                     [one] => one.clone(),
                     _ => return Err(StateError::Ambiguous { fqdn: fqdn.into_string(), clusters: holders }),
                 }
             }
         };
         let bindings = &mut self.cluster_mut(&cluster)?.bindings;
-        let shard = bindings.remove(&fqdn).ok_or_else(|| not_found(Kind::Binding, fqdn.as_str()))?;
+        let shard = bindings.remove(&fqdn).ok_or_else(|| not_found(ObjectKind::Binding, fqdn.as_str()))?;
         Ok(Response::Unbound { cluster, fqdn, shard })
     }
 
@@ -283,15 +283,15 @@ impl State {
     }
 
     fn cluster(&self, name: &str) -> Result<&Cluster, StateError> {
-        self.clusters.get(name).ok_or_else(|| not_found(Kind::Cluster, name))
+        self.clusters.get(name).ok_or_else(|| not_found(ObjectKind::Cluster, name))
     }
 
     fn cluster_mut(&mut self, name: &str) -> Result<&mut Cluster, StateError> {
-        self.clusters.get_mut(name).ok_or_else(|| not_found(Kind::Cluster, name))
+        self.clusters.get_mut(name).ok_or_else(|| not_found(ObjectKind::Cluster, name))
     }
 
     fn shard(&self, name: &str) -> Result<&Shard, StateError> {
-        self.shards.get(name).ok_or_else(|| not_found(Kind::Shard, name))
+        self.shards.get(name).ok_or_else(|| not_found(ObjectKind::Shard, name))
     }
 }
 
@@ -312,11 +312,11 @@ fn revalidate(fqdn: &Fqdn) -> Result<Fqdn, StateError> {
     Ok(parsed)
 }
 
-fn not_found(kind: Kind, name: &str) -> StateError {
+fn not_found(kind: ObjectKind, name: &str) -> StateError {
     StateError::NotFound { kind, name: name.to_string() }
 }
 
-fn already_exists(kind: Kind, name: &str) -> StateError {
+fn already_exists(kind: ObjectKind, name: &str) -> StateError {
     StateError::AlreadyExists { kind, name: name.to_string() }
 }
 

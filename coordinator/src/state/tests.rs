@@ -31,7 +31,7 @@ fn cluster_defaults_and_duplicates() {
     assert_eq!(state.clusters["c1"].config.map_path, DEFAULT_MAP_PATH);
     let mut state = state;
     let err = state.apply(&Command::CreateCluster { name: "c1".into(), haproxy_container: None }).unwrap_err();
-    assert_eq!(err, StateError::AlreadyExists { kind: Kind::Cluster, name: "c1".into() });
+    assert_eq!(err, StateError::AlreadyExists { kind: ObjectKind::Cluster, name: "c1".into() });
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn host_container_override() {
 fn unknown_cluster_for_host_and_shard() {
     let mut state = topology();
     let err = state.apply(&Command::CreateShard { name: "s".into(), cluster: "nope".into() }).unwrap_err();
-    assert_eq!(err, StateError::NotFound { kind: Kind::Cluster, name: "nope".into() });
+    assert_eq!(err, StateError::NotFound { kind: ObjectKind::Cluster, name: "nope".into() });
 }
 
 #[test]
@@ -72,11 +72,11 @@ fn nodes_add_and_remove() {
         container: Some("node-0".into()),
     };
     assert_eq!(state.apply(&add).unwrap(), Response::NodeAdded { name: "web-1-node-0".into(), shard: "web-1".into() });
-    assert!(matches!(state.apply(&add), Err(StateError::AlreadyExists { kind: Kind::Node, .. })));
+    assert!(matches!(state.apply(&add), Err(StateError::AlreadyExists { kind: ObjectKind::Node, .. })));
     state.apply(&Command::RemoveNode { name: "web-1-node-0".into() }).unwrap();
     assert!(state.nodes.is_empty());
     let err = state.apply(&Command::RemoveNode { name: "web-1-node-0".into() }).unwrap_err();
-    assert_eq!(err, StateError::NotFound { kind: Kind::Node, name: "web-1-node-0".into() });
+    assert_eq!(err, StateError::NotFound { kind: ObjectKind::Node, name: "web-1-node-0".into() });
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn bind_to_unknown_shard_or_wrong_cluster() {
     let mut state = topology();
     let before = state.clone();
     let err = state.apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "nope".into(), cluster: None }).unwrap_err();
-    assert_eq!(err, StateError::NotFound { kind: Kind::Shard, name: "nope".into() });
+    assert_eq!(err, StateError::NotFound { kind: ObjectKind::Shard, name: "nope".into() });
     let err = state
         .apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "other".into(), cluster: Some("c1".into()) })
         .unwrap_err();
@@ -130,7 +130,7 @@ fn bind_to_unknown_shard_or_wrong_cluster() {
     let err = state
         .apply(&Command::Bind { fqdn: fqdn("a.com"), shard: "web-1".into(), cluster: Some("zzz".into()) })
         .unwrap_err();
-    assert_eq!(err, StateError::NotFound { kind: Kind::Cluster, name: "zzz".into() });
+    assert_eq!(err, StateError::NotFound { kind: ObjectKind::Cluster, name: "zzz".into() });
     assert_eq!(state, before);
 }
 
@@ -138,7 +138,7 @@ fn bind_to_unknown_shard_or_wrong_cluster() {
 fn unbind_unknown_is_not_found() {
     let mut state = topology();
     let err = state.apply(&Command::Unbind { fqdn: fqdn("missing.com"), cluster: None }).unwrap_err();
-    assert_eq!(err, StateError::NotFound { kind: Kind::Binding, name: "missing.com".into() });
+    assert_eq!(err, StateError::NotFound { kind: ObjectKind::Binding, name: "missing.com".into() });
     assert_eq!(err.to_string(), "binding \"missing.com\" not found");
 }
 
@@ -182,7 +182,7 @@ fn batch_counts_and_skips() {
 fn batch_into_unknown_cluster_is_refused() {
     let mut state = topology();
     let err = state.apply(&Command::BindBatch { cluster: "nope".into(), entries: vec![] }).unwrap_err();
-    assert_eq!(err, StateError::NotFound { kind: Kind::Cluster, name: "nope".into() });
+    assert_eq!(err, StateError::NotFound { kind: ObjectKind::Cluster, name: "nope".into() });
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn group_applies_each_command_on_its_own() {
     let Response::Group(results) = state.apply(&group).unwrap() else { panic!("a group answers per command") };
     assert_eq!(results.len(), 4);
     assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok());
-    assert_eq!(results[1], Err(StateError::NotFound { kind: Kind::Shard, name: "nope".into() }));
+    assert_eq!(results[1], Err(StateError::NotFound { kind: ObjectKind::Shard, name: "nope".into() }));
     let bound: Vec<&str> = state.clusters["c1"].bindings.keys().map(|f| f.as_str()).collect();
     assert_eq!(bound, ["c.com"]);
 }
