@@ -172,7 +172,7 @@ struct FullResync {
     show_map_seconds: f64,
 }
 
-/// One target of DESIGN.md and whether this run met it.
+/// One target of docs/architecture.md ("Performance targets") and whether this run met it.
 #[derive(Debug, Serialize)]
 struct Target {
     what: String,
@@ -680,7 +680,7 @@ fn print_report(args: &Args, r: &Report) {
             println!("{} of {asked} binds were not live on both hosts within {LIVE_TIMEOUT:?}", binds.failures);
         }
     }
-    println!("\ntargets (DESIGN.md):");
+    println!("\ntargets (docs/architecture.md, \"Performance targets\"):");
     for t in &r.targets {
         println!(
             "  {:<4} {:<44} {:>14}  measured {}",

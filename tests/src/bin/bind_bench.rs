@@ -146,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report.runs.push(run);
     }
     report.targets = targets(&report.runs);
-    println!("targets (DESIGN.md):");
+    println!("targets (docs/architecture.md, \"Performance targets\"):");
     for target in &report.targets {
         println!("  {:<4} {}: {}", if target.pass { "PASS" } else { "MISS" }, target.name, target.detail);
     }
@@ -380,7 +380,7 @@ impl RunReport {
     }
 }
 
-/// One DESIGN.md target checked against a run.
+/// One target of docs/architecture.md ("Performance targets") checked against a run.
 #[derive(Debug, Serialize)]
 struct Target {
     name: String,
