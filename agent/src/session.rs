@@ -7,18 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use lbfleet_proto::backoff::Backoff;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
-use lbfleet_proto::pb::agent_stream_client::AgentStreamClient;
 use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
 use lbfleet_proto::tls::TlsDir;
+use lbfleet_proto::transport;
+use lbfleet_proto::transport::AddressError;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
 use tokio::sync::mpsc;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::ClientTlsConfig;
-use tonic::transport::Endpoint;
+use tonic::Status;
+use tonic::Streaming;
 use tracing::info;
 use tracing::warn;
 
@@ -27,14 +31,14 @@ use crate::applier::MapFileGuard;
 use crate::config::AgentConfig;
 use crate::haproxy::MapFileWrite;
 
-/// Metadata key in which a follower names the leader's address.
-const LEADER_METADATA: &str = "x-lbfleet-leader";
-/// Largest message accepted: a full state of a million FQDNs is tens of MB.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// The agent sends a heartbeat this often.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// Silence from the coordinator for this long means the stream is dead.
 const COORDINATOR_TTL: Duration = Duration::from_secs(10);
+/// The longest a coordinator may take to accept a stream (TLS, authorization, leader check).
+pub const OPEN_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest a message may wait for room on the stream: a frozen coordinator stops reading.
+const SEND_DEADLINE: Duration = COORDINATOR_TTL;
 /// Backoff bounds between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -54,6 +58,8 @@ enum Ended {
     Redirect(String),
     /// Anything else: try the next endpoint after a backoff.
     Failed(String),
+    /// The coordinator stopped taking our messages.
+    Stalled,
     /// Our state does not fit the coordinator's deltas: start over from the full state.
     Resync(String),
 }
@@ -65,7 +71,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     let mut applier = Applier::new(config.clone()).await;
     let mut endpoints = config.endpoints.clone();
     let mut next = 0;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut reconcile = tokio::time::interval(config.reconcile_interval);
     loop {
         let endpoint = endpoints[next % endpoints.len()].clone();
@@ -85,13 +91,14 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                 continue;
             }
             Ended::Failed(reason) => warn!(%endpoint, %reason, "coordinator stream ended"),
+            Ended::Stalled => warn!(%endpoint, "coordinator stopped reading the stream"),
         }
         if connected_at.elapsed() > Duration::from_secs(30) {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
         next += 1;
         // HAProxy keeps routing while we are away; keep repairing it from the state we hold.
-        let pause = tokio::time::sleep(jitter(backoff));
+        let pause = tokio::time::sleep(backoff.next_delay());
         tokio::pin!(pause);
         loop {
             tokio::select! {
@@ -101,15 +108,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                 }
             }
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-}
-
-/// Spreads reconnects of many agents over time.
-fn jitter(base: Duration) -> Duration {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
 /// Reconciles once; true when drift was found (worth reporting at once).
@@ -129,20 +128,6 @@ async fn reconcile_now(applier: &mut Applier) -> bool {
 
 /// One stream's life, from connect to its end.
 async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, applier: &mut Applier) -> Ended {
-    let channel = match Endpoint::from_shared(format!("https://{endpoint}"))
-        .and_then(|e| e.tls_config(tls.clone()))
-        .map(|e| e.tcp_nodelay(true).connect_timeout(Duration::from_secs(3)))
-    {
-        Ok(endpoint) => match endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(error) => return Ended::Failed(format!("connect: {error}")),
-        },
-        Err(error) => return Ended::Failed(format!("bad endpoint: {error}")),
-    };
-    let mut client = AgentStreamClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
     let (digest, entries) = applier.map_summary();
     let hello = pb::Hello {
         host_id: config.host_id.clone(),
@@ -150,12 +135,10 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
         map_digest: digest,
         map_entries: entries,
     };
-    if out.send(message(AgentKind::Hello(hello))).await.is_err() {
-        return Ended::Failed("stream closed before hello".into());
-    }
-    let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return ended_by(&status),
+    let (out, mut inbound) = match open_stream(endpoint, tls, hello).await {
+        Ok(opened) => opened,
+        Err(OpenError::Status(status)) => return ended_by(&status),
+        Err(error) => return Ended::Failed(error.to_string()),
     };
     info!(%endpoint, version = applier.version(), "connected to coordinator");
     // Heartbeats go out from their own task, so a long apply does not make the coordinator drop us.
@@ -165,7 +148,7 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
     // Not aborted with the stream: a queued write still reaches the disk, only its ack is lost.
     let (busy, idle) = (files.busy.clone(), files.idle.clone());
     tokio::spawn(map_file_writer(file_queue, applier.map_file_guard(), out.clone(), busy, idle));
-    let _heartbeats = AbortOnDrop(tokio::spawn(async move {
+    let _heartbeats = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tick.tick().await;
@@ -185,8 +168,8 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
             reconcile_soon = false;
             if reconcile_now(applier).await {
                 let report = applier.report(0, false).await;
-                if out.send(message(AgentKind::Report(report))).await.is_err() {
-                    return Ended::Failed("stream closed".into());
+                if let Err(ended) = send(&out, AgentKind::Report(report)).await {
+                    return ended;
                 }
             }
         }
@@ -199,8 +182,8 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
                         CoordinatorKind::Heartbeat(_) => {}
                         CoordinatorKind::ReportRequest(request) => {
                             let report = applier.report(request.id, request.include_map).await;
-                            if out.send(message(AgentKind::Report(report))).await.is_err() {
-                                return Ended::Failed("stream closed".into());
+                            if let Err(ended) = send(&out, AgentKind::Report(report)).await {
+                                return ended;
                             }
                         }
                         update => {
@@ -233,8 +216,8 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
             }
             _ = report.tick() => {
                 let report = applier.report(0, false).await;
-                if out.send(message(AgentKind::Report(report))).await.is_err() {
-                    return Ended::Failed("stream closed".into());
+                if let Err(ended) = send(&out, AgentKind::Report(report)).await {
+                    return ended;
                 }
             },
         }
@@ -250,7 +233,6 @@ async fn apply_burst(
     out: &mpsc::Sender<pb::AgentMessage>,
     files: &FileWriter,
 ) -> Result<(), Ended> {
-    let closed = || Ended::Failed("stream closed".into());
     let mut applied = None;
     let mut next = Some(first);
     let mut ended = None;
@@ -262,7 +244,7 @@ async fn apply_burst(
             Err(error) => {
                 warn!(version = offered, %error, "could not apply version");
                 let nack = AgentKind::Nack(pb::Nack { version: offered, error: error.to_string() });
-                out.send(message(nack)).await.map_err(|_| closed())?;
+                send(out, nack).await?;
             }
         }
         // Only what is already here: never wait for more.
@@ -272,7 +254,7 @@ async fn apply_burst(
                 CoordinatorKind::Heartbeat(_) => {}
                 CoordinatorKind::ReportRequest(request) => {
                     let report = applier.report(request.id, request.include_map).await;
-                    out.send(message(AgentKind::Report(report))).await.map_err(|_| closed())?;
+                    send(out, AgentKind::Report(report)).await?;
                 }
                 update => next = Some(update),
             },
@@ -308,10 +290,10 @@ impl FileWriter {
                 self.busy.store(true, Ordering::Release);
                 self.queue.send(write).await.map_err(|_| closed())
             }
-            Ok(None) => out.send(message(AgentKind::Ack(pb::Ack { version }))).await.map_err(|_| closed()),
+            Ok(None) => send(out, AgentKind::Ack(pb::Ack { version })).await,
             Err(error) => {
                 let nack = AgentKind::Nack(pb::Nack { version, error: error.to_string() });
-                out.send(message(nack)).await.map_err(|_| closed())
+                send(out, nack).await
             }
         }
     }
@@ -334,26 +316,56 @@ async fn map_file_writer(
                 AgentKind::Nack(pb::Nack { version, error: format!("map file: {error}") })
             }
         };
-        let _ = out.send(message(answer)).await;
+        // A frozen coordinator must not keep the next write waiting; the stream ends on its own.
+        let _ = tokio::time::timeout(SEND_DEADLINE, out.send(message(answer))).await;
         busy.store(false, Ordering::Release);
         idle.notify_one();
     }
 }
 
 /// How a stream error ends the session: a redirect when it names the leader.
-fn ended_by(status: &tonic::Status) -> Ended {
-    match status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+fn ended_by(status: &Status) -> Ended {
+    match transport::leader_hint(status) {
         Some(leader) => Ended::Redirect(leader.to_string()),
         None => Ended::Failed(format!("{}: {}", status.code(), status.message())),
     }
 }
 
-/// Stops a spawned task when the session that started it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The endpoint is not an address tonic can dial.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The coordinator refused the stream, failed, or did not accept it within [`OPEN_DEADLINE`].
+    #[error("{}", .0.message())]
+    Status(#[from] Status),
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Opens this host's stream on `endpoint` and sends `hello`; gives up after [`OPEN_DEADLINE`]
+/// whatever the coordinator does (a frozen one accepts TCP and never answers).
+pub async fn open_stream(
+    endpoint: &str,
+    tls: &ClientTlsConfig,
+    hello: pb::Hello,
+) -> Result<(mpsc::Sender<pb::AgentMessage>, Streaming<pb::CoordinatorMessage>), OpenError> {
+    let mut client = transport::agent_stream_client(transport::channel(endpoint, tls)?);
+    let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
+    // Room for 64 messages: the hello cannot block.
+    out.try_send(message(AgentKind::Hello(hello))).map_err(|_| Status::internal("stream closed before hello"))?;
+    // No grpc-timeout on the request: it would bound the life of the whole stream.
+    let request = tonic::Request::new(ReceiverStream::new(out_rx));
+    let coordinator = format!("coordinator {endpoint}");
+    let inbound = transport::within(&coordinator, OPEN_DEADLINE, client.session(request)).await?.into_inner();
+    Ok((out, inbound))
+}
+
+/// Queues `kind` on the stream, ending the session when the coordinator stopped taking messages.
+async fn send(out: &mpsc::Sender<pb::AgentMessage>, kind: AgentKind) -> Result<(), Ended> {
+    match tokio::time::timeout(SEND_DEADLINE, out.send(message(kind))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ended::Failed("stream closed".into())),
+        Err(_) => Err(Ended::Stalled),
     }
 }
 

@@ -2,11 +2,13 @@
 //! domain types both ends need (FQDNs, names, certificate identities, TLS loading).
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod digest;
 pub mod fqdn;
 pub mod identity;
 pub mod process;
 pub mod tls;
+pub mod transport;
 
 pub use digest::MapDigest;
 pub use fqdn::Fqdn;

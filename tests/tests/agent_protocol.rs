@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use lbfleet_coordinator::agents::service::LEADER_METADATA;
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::agent_stream_client::AgentStreamClient;
 use lbfleet_proto::pb::command::Kind;
 use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
+use lbfleet_proto::transport::LEADER_KEY;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
 use lbfleet_tests::inproc::TestCluster;
@@ -33,7 +33,7 @@ impl ScriptedAgent {
         version: u64,
     ) -> Result<Self, tonic::Status> {
         let tls = cluster.tls.client_config(identity).expect("agent TLS");
-        let channel = lbfleet_coordinator::raft::network::channel(&cluster.address(node), &tls).expect("channel");
+        let channel = lbfleet_proto::transport::channel(&cluster.address(node), &tls).expect("channel");
         let (out, rx) = mpsc::channel(16);
         let hello = pb::Hello { host_id: host.into(), last_applied_version: version, ..Default::default() };
         out.send(message(AgentKind::Hello(hello))).await.expect("queue hello");
@@ -203,7 +203,7 @@ async fn streams_are_authorized_and_served_by_the_leader() -> anyhow::Result<()>
     // A follower sends the agent to the leader.
     let redirected =
         ScriptedAgent::connect(&cluster, follower, &agent("lb-a"), "lb-a", 0).await.err().expect("redirect");
-    let leader_address = redirected.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let leader_address = redirected.metadata().get(LEADER_KEY).and_then(|v| v.to_str().ok()).map(str::to_string);
     assert_eq!(leader_address, Some(cluster.address(leader)));
     Ok(())
 }

@@ -11,6 +11,7 @@ use lbfleet_proto::identity::authorize;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
+use lbfleet_proto::transport;
 use lbfleet_proto::Role;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,8 +29,6 @@ use super::registry::SessionHandle;
 use crate::raft::state_machine::SharedState;
 use crate::raft::Raft;
 
-/// Metadata key naming the leader's address when a follower turns an agent away.
-pub const LEADER_METADATA: &str = "x-lbfleet-leader";
 /// The coordinator sends a heartbeat this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// An agent silent for this long is considered gone and its stream closed.
@@ -60,16 +59,12 @@ impl AgentStreamService {
         }
         let leader =
             metrics.current_leader.and_then(|id| metrics.membership_config.membership().get_node(&id).cloned());
-        let mut status = Status::unavailable(match &leader {
-            Some(node) => format!("not the leader; the leader is at {}", node.addr),
-            None => "no leader elected yet".to_string(),
-        });
-        if let Some(node) = leader {
-            if let Ok(value) = node.addr.parse() {
-                status.metadata_mut().insert(LEADER_METADATA, value);
+        Err(match leader {
+            Some(node) => {
+                transport::redirect_to_leader(format!("not the leader; the leader is at {}", node.addr), &node.addr)
             }
-        }
-        Err(status)
+            None => transport::retryable_error("no leader elected yet"),
+        })
     }
 }
 

@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use lbfleet_proto::identity::authorize;
 use lbfleet_proto::pb;
-use lbfleet_proto::pb::admin_client::AdminClient;
 use lbfleet_proto::pb::change_membership_request::Change;
+use lbfleet_proto::transport;
 use lbfleet_proto::Role;
-use tonic::transport::Channel;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -24,10 +23,6 @@ use crate::raft::Member;
 use crate::raft::NodeId;
 use crate::raft::Raft;
 
-/// Metadata key set on a request a follower forwarded, so it is never forwarded twice.
-const FORWARDED: &str = "x-lbfleet-forwarded";
-/// Ends the message of every error that guarantees nothing was written, so clients may resend.
-pub const RETRY_HINT: &str = "; retry";
 /// Who may use the operator API.
 const OPERATORS: &[Role] = &[Role::Admin, Role::Coordinator];
 
@@ -44,7 +39,8 @@ pub struct AdminService {
 /// Where a request that needs the leader is served.
 enum Route {
     Here,
-    Leader(Channel),
+    /// The leader's address.
+    Leader(String),
 }
 
 impl AdminService {
@@ -63,21 +59,19 @@ impl AdminService {
     /// Serves here on the leader, or names the leader's channel; a forwarded request never hops twice.
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
         let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics
-            .current_leader
-            .ok_or_else(|| Status::unavailable(format!("no Raft leader elected yet{RETRY_HINT}")))?;
+        let leader = metrics.current_leader.ok_or_else(|| transport::retryable_error("no Raft leader elected yet"))?;
         if leader == metrics.id {
             return Ok(Route::Here);
         }
-        if request.metadata().contains_key(FORWARDED) {
-            return Err(Status::unavailable(format!("node {} is not the leader any more{RETRY_HINT}", metrics.id)));
+        if transport::is_forwarded(request) {
+            return Err(transport::retryable_error(format!("node {} is not the leader any more", metrics.id)));
         }
         let node = metrics
             .membership_config
             .membership()
             .get_node(&leader)
             .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
-        Ok(Route::Leader(self.forwarder.channel(&node.addr)?))
+        Ok(Route::Leader(node.addr.clone()))
     }
 
     /// Waits until this leader may serve reads that reflect every acknowledged write.
@@ -87,25 +81,15 @@ impl AdminService {
     }
 }
 
-/// Wraps a message for a forwarded call.
-fn forwarded<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    request
-}
-
-fn client(channel: Channel) -> AdminClient<Channel> {
-    AdminClient::new(channel)
-        .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
-}
-
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
         authorize(&request, OPERATORS)?;
-        if let Route::Leader(channel) = self.route(&request)? {
-            return client(channel).write(forwarded(request.into_inner())).await;
+        if let Route::Leader(leader) = self.route(&request)? {
+            return self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.write(r).await })
+                .await;
         }
         let command = convert::command_from_pb(request.into_inner().command)?;
         let (version, result) = self.writes.write(command).await?;
@@ -115,8 +99,11 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn get_cluster(&self, request: Request<pb::GetClusterRequest>) -> Result<Response<pb::ClusterView>, Status> {
         authorize(&request, OPERATORS)?;
-        if let Route::Leader(channel) = self.route(&request)? {
-            return client(channel).get_cluster(forwarded(request.into_inner())).await;
+        if let Route::Leader(leader) = self.route(&request)? {
+            return self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.get_cluster(r).await })
+                .await;
         }
         self.linearizable().await?;
         let request = request.into_inner();
@@ -128,8 +115,11 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ClusterList>, Status> {
         authorize(&request, OPERATORS)?;
-        if let Route::Leader(channel) = self.route(&request)? {
-            return client(channel).list_clusters(forwarded(request.into_inner())).await;
+        if let Route::Leader(leader) = self.route(&request)? {
+            return self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.list_clusters(r).await })
+                .await;
         }
         self.linearizable().await?;
         let applied = self.shared.read();
@@ -147,8 +137,11 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         authorize(&request, OPERATORS)?;
-        if let Route::Leader(channel) = self.route(&request)? {
-            return client(channel).change_membership(forwarded(request.into_inner())).await;
+        if let Route::Leader(leader) = self.route(&request)? {
+            return self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.change_membership(r).await })
+                .await;
         }
         let change =
             request.into_inner().change.ok_or_else(|| Status::invalid_argument("no membership change given"))?;
@@ -182,8 +175,11 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::WaitAppliedRequest>,
     ) -> Result<Response<pb::WaitAppliedReply>, Status> {
         authorize(&request, OPERATORS)?;
-        if let Route::Leader(channel) = self.route(&request)? {
-            return client(channel).wait_applied(forwarded(request.into_inner())).await;
+        if let Route::Leader(leader) = self.route(&request)? {
+            return self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.wait_applied(r).await })
+                .await;
         }
         let request = request.into_inner();
         let hosts: Vec<String> = {
@@ -200,8 +196,11 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn lb_state(&self, request: Request<pb::LbStateRequest>) -> Result<Response<pb::LbStateReply>, Status> {
         authorize(&request, OPERATORS)?;
-        if let Route::Leader(channel) = self.route(&request)? {
-            return client(channel).lb_state(forwarded(request.into_inner())).await;
+        if let Route::Leader(leader) = self.route(&request)? {
+            return self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.lb_state(r).await })
+                .await;
         }
         self.linearizable().await?;
         let request = request.into_inner();

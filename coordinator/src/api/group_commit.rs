@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use lbfleet_proto::transport;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use tokio::sync::mpsc;
@@ -15,7 +16,6 @@ use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tonic::Status;
 
-use super::admin::RETRY_HINT;
 use crate::raft::CommandResult;
 use crate::raft::NodeId;
 use crate::raft::Raft;
@@ -57,7 +57,7 @@ impl GroupCommit {
         self.queue
             .send(Pending { command, reply })
             .await
-            .map_err(|_| Status::unavailable(format!("coordinator shutting down{RETRY_HINT}")))?;
+            .map_err(|_| transport::retryable_error("coordinator shutting down"))?;
         answer.await.map_err(|_| Status::unavailable("write abandoned during shutdown"))?
     }
 }
@@ -131,7 +131,7 @@ async fn commit(raft: &Raft, mut group: Vec<Pending>) {
 fn write_failed(error: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Member>>) -> Status {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-            Status::unavailable(format!("leadership changed while writing{RETRY_HINT}"))
+            transport::retryable_error("leadership changed while writing")
         }
         error => Status::unavailable(format!("write not committed: {error}")),
     }

@@ -1,29 +1,64 @@
 //! The CLI's connection to the coordinator group: finds a reachable node, then the leader.
+//!
+//! Every call runs under a deadline the client enforces itself (`transport::within`), so a
+//! coordinator that accepts connections and never answers fails the call in time.
 
+use std::future::Future;
 use std::time::Duration;
 use std::time::Instant;
 
+use lbfleet_proto::backoff::Backoff;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::admin_client::AdminClient;
 use lbfleet_proto::tls::TlsDir;
+use lbfleet_proto::transport;
+use lbfleet_proto::transport::AddressError;
 use tonic::transport::Channel;
 use tonic::transport::ClientTlsConfig;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
 
-use crate::api::admin::RETRY_HINT;
-use crate::raft::network::channel;
-use crate::raft::network::MAX_MESSAGE_BYTES;
+/// The longest the CLI waits for one endpoint to prove it answers before it tries the next.
+const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+/// Bounds of the pause between resends of a write that was certainly not written.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Why the CLI could not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no coordinator reachable (tried {})", .tried.join("; "))]
-    Unreachable { tried: Vec<String> },
+    /// No endpoint answered the probe.
+    #[error("no coordinator reachable (tried {})", list(.tried))]
+    Unreachable { tried: Vec<EndpointFailure> },
+    /// `--endpoints` was empty.
     #[error("no endpoints given: set --endpoints or LBFLEET_ENDPOINTS")]
     NoEndpoints,
+    /// The TLS directory cannot give the admin's configuration.
     #[error(transparent)]
     Tls(#[from] lbfleet_proto::tls::TlsError),
+    /// The node answered with an error (or did not answer in time).
     #[error("{}", .0.message())]
-    Status(#[from] tonic::Status),
+    Status(#[from] Status),
+}
+
+/// One endpoint that did not answer the probe, and what happened.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointFailure {
+    /// The address is not one tonic can dial.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The node refused, failed, or did not answer in time.
+    #[error("{endpoint}: {}", describe(.status))]
+    Status {
+        endpoint: String,
+        #[source]
+        status: Status,
+    },
+}
+
+fn list(failures: &[EndpointFailure]) -> String {
+    failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// A client connected to one coordinator node, the leader when it could be found.
@@ -70,22 +105,22 @@ impl Client {
         for endpoint in endpoints {
             match Self::open(endpoint, tls, timeout).await {
                 Ok(client) => return Ok(client),
-                Err(error) => tried.push(format!("{endpoint}: {error}")),
+                Err(failure) => tried.push(failure),
             }
         }
         Err(ClientError::Unreachable { tried })
     }
 
-    async fn open(endpoint: &str, tls: &ClientTlsConfig, timeout: Duration) -> Result<Client, String> {
-        let lazy = channel(endpoint, tls).map_err(|e| e.to_string())?;
-        let mut admin = AdminClient::new(lazy)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        // A status call proves the TLS handshake and authorization, not just TCP.
-        let mut probe = tonic::Request::new(pb::StatusRequest {});
-        probe.set_timeout(timeout.min(Duration::from_secs(3)));
-        admin.status(probe).await.map_err(|status| describe(&status))?;
-        Ok(Client { admin, tls: tls.clone(), endpoint: endpoint.to_string(), timeout })
+    /// Opens `endpoint` and proves it answers: a status call checks the TLS handshake and
+    /// authorization, not just TCP.
+    pub async fn open(endpoint: &str, tls: &ClientTlsConfig, timeout: Duration) -> Result<Client, EndpointFailure> {
+        let admin = transport::admin_client(transport::channel(endpoint, tls)?);
+        let client = Client { admin, tls: tls.clone(), endpoint: endpoint.to_string(), timeout };
+        let probe = timeout.min(PROBE_DEADLINE);
+        match client.call(pb::StatusRequest {}, probe, |mut admin, r| async move { admin.status(r).await }).await {
+            Ok(_) => Ok(client),
+            Err(status) => Err(EndpointFailure::Status { endpoint: endpoint.to_string(), status }),
+        }
     }
 
     /// The TLS settings this client authenticates with.
@@ -93,23 +128,34 @@ impl Client {
         &self.tls
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.timeout);
-        request
+    /// One call to this client's node that gives up after `deadline`, whatever the node does.
+    async fn call<Req, Reply, Call, Fut>(&self, message: Req, deadline: Duration, call: Call) -> Result<Reply, Status>
+    where
+        Call: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Reply>, Status>>,
+    {
+        let request = transport::request(message, deadline);
+        let endpoint = format!("coordinator {}", self.endpoint);
+        let reply = transport::within(&endpoint, deadline, call(self.admin.clone(), request)).await?;
+        Ok(reply.into_inner())
     }
 
-    /// Commits one command, retrying while the group has no leader.
+    /// Commits one command, resending it while the group answers that nothing was written.
     pub async fn write(&self, kind: pb::command::Kind) -> Result<pb::WriteReply, ClientError> {
         let request = pb::WriteRequest { command: Some(pb::Command { kind: Some(kind) }) };
         let deadline = Instant::now() + self.timeout;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
-            match self.admin.clone().write(self.request(request.clone())).await {
-                Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if retryable(&status) && Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = self.call(request.clone(), left, |mut admin, r| async move { admin.write(r).await }).await;
+            match attempt {
+                Ok(reply) => return Ok(reply),
+                Err(status) if transport::is_retryable(&status) => {
+                    let pause = backoff.next_delay();
+                    if Instant::now() + pause >= deadline {
+                        return Err(status.into());
+                    }
+                    tokio::time::sleep(pause).await;
                 }
                 Err(status) => return Err(status.into()),
             }
@@ -120,17 +166,18 @@ impl Client {
     pub async fn cluster(&self, cluster: &str, host: Option<&str>) -> Result<pb::ClusterView, ClientError> {
         let request =
             pb::GetClusterRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };
-        Ok(self.admin.clone().get_cluster(self.request(request)).await?.into_inner())
+        Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.get_cluster(r).await }).await?)
     }
 
     /// A linearizable list of the clusters.
     pub async fn clusters(&self) -> Result<pb::ClusterList, ClientError> {
-        Ok(self.admin.clone().list_clusters(self.request(pb::ListClustersRequest {})).await?.into_inner())
+        let request = pb::ListClustersRequest {};
+        Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.list_clusters(r).await }).await?)
     }
 
     /// The Raft status of the node this client talks to.
     pub async fn status(&self) -> Result<pb::StatusReply, ClientError> {
-        Ok(self.admin.clone().status(self.request(pb::StatusRequest {})).await?.into_inner())
+        Ok(self.call(pb::StatusRequest {}, self.timeout, |mut admin, r| async move { admin.status(r).await }).await?)
     }
 
     /// Waits until every LB host of `cluster` acknowledged `version`.
@@ -142,15 +189,15 @@ impl Client {
     ) -> Result<pb::WaitAppliedReply, ClientError> {
         let request =
             pb::WaitAppliedRequest { cluster: cluster.to_string(), version, timeout_ms: timeout.as_millis() as u64 };
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(timeout + Duration::from_secs(5));
-        Ok(self.admin.clone().wait_applied(request).await?.into_inner())
+        // The node answers when its own wait ends; the margin covers the answer's way back.
+        let deadline = timeout + Duration::from_secs(5);
+        Ok(self.call(request, deadline, |mut admin, r| async move { admin.wait_applied(r).await }).await?)
     }
 
     /// The desired map of a cluster next to what each LB host holds.
     pub async fn lb_state(&self, cluster: &str, host: Option<&str>) -> Result<pb::LbStateReply, ClientError> {
         let request = pb::LbStateRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };
-        Ok(self.admin.clone().lb_state(self.request(request)).await?.into_inner())
+        Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.lb_state(r).await }).await?)
     }
 
     /// Adds or removes a Raft member.
@@ -159,17 +206,12 @@ impl Client {
         change: pb::change_membership_request::Change,
     ) -> Result<pb::StatusReply, ClientError> {
         let request = pb::ChangeMembershipRequest { change: Some(change) };
-        Ok(self.admin.clone().change_membership(self.request(request)).await?.into_inner())
+        Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.change_membership(r).await }).await?)
     }
 }
 
-/// Whether a failed write certainly did not reach the log, so sending it again is safe.
-fn retryable(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.message().ends_with(RETRY_HINT)
-}
-
 /// One line for a failed connection attempt.
-fn describe(status: &tonic::Status) -> String {
+fn describe(status: &Status) -> String {
     match status.code() {
         tonic::Code::Unavailable => format!("unavailable ({})", status.message()),
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {

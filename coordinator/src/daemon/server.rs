@@ -4,10 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lbfleet_proto::pb::admin_server::AdminServer;
-use lbfleet_proto::pb::agent_stream_server::AgentStreamServer;
-use lbfleet_proto::pb::raft_server::RaftServer;
 use lbfleet_proto::tls::TlsDir;
+use lbfleet_proto::transport;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
 use openraft::error::InitializeError;
@@ -27,7 +25,6 @@ use crate::api::forward::Forwarder;
 use crate::raft::durable::DurableDb;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
-use crate::raft::network::MAX_MESSAGE_BYTES;
 use crate::raft::service::RaftService;
 use crate::raft::state_machine::SharedState;
 use crate::raft::state_machine::StateMachineStore;
@@ -128,21 +125,12 @@ impl Coordinator {
         let router = tonic::transport::Server::builder()
             .tls_config(server_tls)?
             .tcp_nodelay(true)
-            .add_service(
-                RaftServer::new(RaftService::new(raft.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                AgentStreamServer::new(agent_stream)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                AdminServer::new(admin)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            );
+            // Frozen peers and agents are noticed by their unanswered PINGs, not only by TTLs.
+            .http2_keepalive_interval(Some(transport::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(transport::KEEPALIVE_TIMEOUT))
+            .add_service(transport::raft_server(RaftService::new(raft.clone())))
+            .add_service(transport::agent_stream_server(agent_stream))
+            .add_service(transport::admin_server(admin));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {

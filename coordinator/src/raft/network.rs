@@ -1,7 +1,11 @@
 //! Client side of the Raft transport: openraft RPCs as postcard payloads over mTLS gRPC.
 
+use std::sync::Arc;
+
 use lbfleet_proto::pb::raft_client::RaftClient;
 use lbfleet_proto::pb::RaftPayload;
+use lbfleet_proto::transport;
+use lbfleet_proto::transport::AddressError;
 use openraft::error::InstallSnapshotError;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
@@ -21,25 +25,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::transport::ClientTlsConfig;
-use tonic::transport::Endpoint;
 
 use super::codec;
 use super::Member;
 use super::NodeId;
 use super::TypeConfig;
-
-/// Largest gRPC message on any lbfleet connection: bulk imports and snapshots are big.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-
-/// Builds a lazily connecting mTLS channel to a coordinator's gRPC address.
-pub fn channel(address: &str, tls: &ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("https://{address}"))?
-        .tls_config(tls.clone())?
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .connect_lazy())
-}
 
 /// Creates one connection per peer, authenticated with this node's coordinator certificate.
 #[derive(Clone)]
@@ -58,23 +48,30 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
-        let client = channel(&node.addr, &self.tls).map(|channel| {
-            RaftClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        });
-        Connection { target, client: client.map_err(|e| e.to_string()) }
+        let client = transport::channel(&node.addr, &self.tls).map(transport::raft_client).map_err(Arc::new);
+        Connection { target, address: node.addr.clone(), client }
     }
 }
 
 /// A connection to one peer.
 pub struct Connection {
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    address: String,
+    client: Result<RaftClient<Channel>, Arc<AddressError>>,
+}
+
+/// A Raft RPC the peer did not answer, or answered with a transport error.
+#[derive(Debug, thiserror::Error)]
+#[error("raft RPC to node {target} at {address} failed")]
+struct RpcFailed {
+    target: NodeId,
+    address: String,
+    #[source]
+    status: tonic::Status,
 }
 
 impl Connection {
-    /// Sends one request and decodes the peer's `Result<Reply, E>`.
+    /// Sends one request and decodes the peer's `Result<Reply, E>`, giving up after the RPC's hard TTL.
     async fn call<Req, Reply, E>(
         &mut self,
         kind: Rpc,
@@ -88,22 +85,27 @@ impl Connection {
     {
         let client = match &mut self.client {
             Ok(client) => client,
-            Err(reason) => return Err(RPCError::Unreachable(Unreachable::new(&TransportError(reason.clone())))),
+            Err(error) => return Err(RPCError::Unreachable(Unreachable::new(error.as_ref()))),
         };
         let data = codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut grpc_request = tonic::Request::new(RaftPayload { data });
-        grpc_request.set_timeout(option.hard_ttl());
+        let deadline = option.hard_ttl();
+        let grpc_request = transport::request(RaftPayload { data }, deadline);
+        let endpoint = format!("node {} at {}", self.target, self.address);
         let reply = match kind {
-            Rpc::AppendEntries => client.append_entries(grpc_request).await,
-            Rpc::InstallSnapshot => client.install_snapshot(grpc_request).await,
-            Rpc::Vote => client.vote(grpc_request).await,
+            Rpc::AppendEntries => transport::within(&endpoint, deadline, client.append_entries(grpc_request)).await,
+            Rpc::InstallSnapshot => transport::within(&endpoint, deadline, client.install_snapshot(grpc_request)).await,
+            Rpc::Vote => transport::within(&endpoint, deadline, client.vote(grpc_request)).await,
         };
-        let reply = reply.map_err(|status| match status.code() {
-            // The peer is down or unreachable: openraft backs off instead of retrying hot.
-            tonic::Code::Unavailable | tonic::Code::Unknown => {
-                RPCError::Unreachable(Unreachable::new(&TransportError(status.to_string())))
+        let reply = reply.map_err(|status| {
+            let code = status.code();
+            let failed = RpcFailed { target: self.target, address: self.address.clone(), status };
+            match code {
+                // The peer is down, frozen or unreachable: openraft backs off instead of retrying hot.
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+                    RPCError::Unreachable(Unreachable::new(&failed))
+                }
+                _ => RPCError::Network(NetworkError::new(&failed)),
             }
-            _ => RPCError::Network(NetworkError::new(&TransportError(status.to_string()))),
         })?;
         let result: Result<Reply, E> =
             codec::decode(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -116,10 +118,6 @@ enum Rpc {
     InstallSnapshot,
     Vote,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("raft transport: {0}")]
-struct TransportError(String);
 
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
