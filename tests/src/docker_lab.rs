@@ -13,7 +13,6 @@ use std::process::Stdio;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use std::time::Instant;
 
 use anyhow::bail;
 use anyhow::Context;
@@ -24,6 +23,7 @@ use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::poll::wait_for;
 use crate::process::ClusterOptions;
 use crate::process::ProcessCluster;
 
@@ -498,24 +498,6 @@ impl Fleet {
     }
 }
 
-/// Retries `probe` until it returns `Some` or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// An HTTP answer: status, lower-case header names, body.
 #[derive(Debug)]
 pub struct HttpAnswer {
@@ -550,19 +532,4 @@ pub async fn http_get(addr: SocketAddr, host: &str) -> anyhow::Result<HttpAnswer
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     Ok(HttpAnswer { status, headers, body: body.to_owned() })
-}
-
-/// Median and 99th percentile of `samples` (nearest rank); zero for no samples.
-pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    if samples.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.5), at(0.99))
-}
-
-/// Operations per second.
-pub fn per_second(n: usize, elapsed: Duration) -> f64 {
-    n as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
 }

@@ -2,12 +2,11 @@
 //! a temp dir per node, and waits on conditions instead of sleeps.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use std::time::Instant;
 
+use crate::poll::wait_for;
 use anyhow::Context;
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_coordinator::daemon::config::CoordinatorConfig;
@@ -23,22 +22,6 @@ use tokio::runtime::Runtime;
 pub const MAX_NODES: u64 = 5;
 /// How long a test waits for a condition before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
-
-/// Polls `check` until it returns `Some`, failing with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// One node: its runtime, its running coordinator (if up) and its fixed address.
 struct TestNode {

@@ -3,4 +3,6 @@
 
 pub mod docker_lab;
 pub mod inproc;
+pub mod measure;
+pub mod poll;
 pub mod process;

@@ -9,9 +9,9 @@ use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
-use lbfleet_tests::inproc::wait_for;
 use lbfleet_tests::inproc::TestCluster;
 use lbfleet_tests::inproc::WAIT;
+use lbfleet_tests::poll::wait_for;
 
 /// Creates cluster `c1` with shard `web-1`.
 async fn topology(client: &Client) -> anyhow::Result<()> {

@@ -23,14 +23,14 @@ use lbfleet_agent::haproxy::RuntimeMode;
 use lbfleet_tests::docker_lab::docker;
 use lbfleet_tests::docker_lab::docker_available;
 use lbfleet_tests::docker_lab::http_get;
-use lbfleet_tests::docker_lab::per_second;
-use lbfleet_tests::docker_lab::percentiles;
-use lbfleet_tests::docker_lab::wait_for;
 use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::MAP_PATH;
 use lbfleet_tests::docker_lab::READY;
+use lbfleet_tests::measure::per_second;
+use lbfleet_tests::measure::percentiles;
+use lbfleet_tests::poll::wait_for;
 
 async fn driver(lb: &HaproxyBox, mode: RuntimeMode, reload: ReloadMode) -> Haproxy {
     let docker = DockerHost::connect(None).await.expect("Docker reachable");

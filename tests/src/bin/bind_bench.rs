@@ -24,6 +24,7 @@ use etcd_client::StatusResponse;
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
+use lbfleet_tests::measure::percentile;
 use lbfleet_tests::process::free_ports;
 use lbfleet_tests::process::tail;
 use lbfleet_tests::process::target_dir;
@@ -323,12 +324,6 @@ impl Figures {
             max_ms: ms(1.0),
         }
     }
-}
-
-/// Nearest-rank percentile of sorted, non-empty samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Both systems at one concurrency.
