@@ -10,12 +10,12 @@ use std::pin::Pin;
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::CreateExecOptions;
 use bollard::exec::StartExecOptions;
 use bollard::exec::StartExecResults;
-use bollard::query_parameters::EventsOptions;
+use bollard::models::ExecConfig;
+use bollard::query_parameters::EventsOptionsBuilder;
 use bollard::query_parameters::InspectContainerOptions;
-use bollard::query_parameters::KillContainerOptions;
+use bollard::query_parameters::KillContainerOptionsBuilder;
 use bollard::query_parameters::RestartContainerOptions;
 use bollard::query_parameters::StartContainerOptions;
 use bollard::query_parameters::StopContainerOptions;
@@ -248,12 +248,12 @@ impl DockerHost {
         cmd: &[&str],
         with_stdin: bool,
     ) -> Result<AttachedExec, DockerError> {
-        let options = CreateExecOptions {
+        let options = ExecConfig {
             attach_stdin: Some(with_stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
-            cmd: Some(cmd.to_vec()),
+            cmd: Some(cmd.iter().map(|word| (*word).to_owned()).collect()),
             ..Default::default()
         };
         let created =
@@ -283,7 +283,7 @@ impl DockerHost {
 
     /// Sends `signal` (e.g. `SIGUSR2`) to the container's main process.
     pub async fn signal(&self, container: &str, signal: &str) -> Result<(), DockerError> {
-        let options = KillContainerOptions { signal: signal.to_owned() };
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
         self.docker.kill_container(container, Some(options)).await.map_err(|e| self.api_error("kill", container, e))
     }
 
@@ -314,16 +314,16 @@ impl DockerHost {
     /// Start, die and restart events of `container` from now on; the stream ends after an error.
     pub fn events(&self, container: &str) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + 'static {
         let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
-            ("container".to_owned(), vec![container.to_owned()]),
-            ("event".to_owned(), vec!["start".to_owned(), "die".to_owned(), "restart".to_owned()]),
+            ("type", vec!["container"]),
+            ("container", vec![container]),
+            ("event", vec!["start", "die", "restart"]),
         ]);
         // The request starts on the first poll; `since` keeps events from between now and then.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|now| format!("{}.{:09}", now.as_secs(), now.subsec_nanos()))
-            .ok();
-        let options = EventsOptions { since, filters: Some(filters), ..Default::default() };
+        let mut options = EventsOptionsBuilder::new().filters(&filters);
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            options = options.since(&format!("{}.{:09}", now.as_secs(), now.subsec_nanos()));
+        }
+        let options = options.build();
         let host = self.clone();
         let container = container.to_owned();
         let mut failed = false;
