@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::cli::check_word;
+use super::admin_socket::check_word;
 use super::Haproxy;
 use super::HaproxyError;
 use crate::desired::MapEntries;

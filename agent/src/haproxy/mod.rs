@@ -1,7 +1,7 @@
 //! The HAProxy driver: map file, runtime API (admin socket or `docker exec socat`),
 //! `haproxy.cfg` rendering, validation and hitless reload.
 
-mod cli;
+mod admin_socket;
 mod config;
 mod map_file;
 mod runtime;
@@ -10,6 +10,7 @@ mod stats;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use admin_socket::AdminSession;
 pub use map_file::MapFileWrite;
 pub use runtime::RuntimeCommandError;
 pub use runtime::RuntimeReport;
@@ -204,12 +205,12 @@ impl Haproxy {
     }
 
     /// Opens an admin session on the path `runtime_path` picks; Auto falls back to exec when the socket refuses.
-    async fn session(&self) -> Result<cli::Session, HaproxyError> {
+    async fn admin_session(&self) -> Result<AdminSession, HaproxyError> {
         match (self.runtime_path(), self.admin_socket()) {
-            (RuntimeMode::Socket, Some(path)) => match cli::Session::connect(&path).await {
+            (RuntimeMode::Socket, Some(path)) => match AdminSession::connect(&path).await {
                 Err(error) if self.mode == RuntimeMode::Auto && self.docker.is_some() => {
                     warn!(%error, container = %self.target.container, "admin socket unusable, using docker exec");
-                    self.exec_session().await
+                    self.exec_admin_session().await
                 }
                 result => result,
             },
@@ -217,13 +218,13 @@ impl Haproxy {
                 path: PathBuf::from(ADMIN_SOCKET),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no socket directory configured"),
             }),
-            _ => self.exec_session().await,
+            _ => self.exec_admin_session().await,
         }
     }
 
-    async fn exec_session(&self) -> Result<cli::Session, HaproxyError> {
+    async fn exec_admin_session(&self) -> Result<AdminSession, HaproxyError> {
         let docker = self.docker("the runtime API over docker exec")?;
-        cli::Session::exec(docker, &self.target.container, ADMIN_SOCKET_IN_CONTAINER).await
+        AdminSession::exec(docker, &self.target.container, ADMIN_SOCKET_IN_CONTAINER).await
     }
 
     /// Runs `fut` under the session timeout.
