@@ -5,6 +5,7 @@
 pub mod digest;
 pub mod fqdn;
 pub mod identity;
+pub mod map_diff;
 pub mod process;
 pub mod tls;
 
