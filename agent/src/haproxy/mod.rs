@@ -89,8 +89,9 @@ pub enum HaproxyError {
     Reload { message: String },
 }
 
-/// How the runtime API is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the runtime API is reached; named in lower case as a flag value and in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuntimeMode {
     /// The admin socket shared through the bind-mounted socket directory.
     Socket,
@@ -100,8 +101,9 @@ pub enum RuntimeMode {
     Auto,
 }
 
-/// How a new `haproxy.cfg` is put into service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a new `haproxy.cfg` is put into service; named in lower case as a flag value and in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReloadMode {
     /// Master CLI `reload` when the master socket is shared, else `docker kill -s USR2`; no connection drops.
     Hitless,
