@@ -53,12 +53,18 @@ impl MapFileGuard {
 /// Why a version could not be applied; the agent NACKs it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// A delta that does not start at the version held (or arrives before any full state).
     #[error("delta from version {from} does not follow the held version {held}")]
     OutOfOrder { from: u64, held: u64 },
+    /// A message with neither a full state nor a delta, or a full state without topology.
     #[error("the message carries no state")]
     Empty,
+    /// HAProxy did not take the state.
     #[error(transparent)]
-    Haproxy(#[from] crate::haproxy::HaproxyError),
+    Haproxy {
+        #[from]
+        source: crate::haproxy::HaproxyError,
+    },
 }
 
 impl ApplyError {

@@ -51,17 +51,12 @@ pub enum DockerError {
         #[source]
         source: BollardError,
     },
-    /// A command run with `docker exec` could not run or exited non-zero.
+    /// A command run with `docker exec` exited non-zero.
     #[error("`{command}` in {container} exited with {exit_code}: {stderr}")]
     ExecFailed { container: String, command: String, exit_code: i64, stderr: String },
-    /// Streaming stdin to an exec'd command failed.
-    #[error("writing stdin of `{command}` in {container}: {source}")]
-    ExecStdin {
-        container: String,
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The engine started an exec detached although its output was asked for.
+    #[error("the engine started `{command}` in {container} detached, without its output")]
+    ExecDetached { container: String, command: String },
 }
 
 /// A connection to the local Docker engine.
@@ -80,8 +75,6 @@ pub struct ContainerInfo {
     pub running: bool,
     /// RFC 3339 start time as the engine reports it; changes on every (re)start.
     pub started_at: String,
-    /// How often the engine's restart policy restarted the container.
-    pub restart_count: i64,
     /// IP address per attached network name (empty addresses left out).
     pub ip_addresses: BTreeMap<String, String>,
 }
@@ -130,8 +123,8 @@ pub struct AttachedExec {
 pub enum ContainerEventKind {
     /// The container started (also after a restart).
     Start,
-    /// The main process exited; `exit_code` when the engine said.
-    Die { exit_code: Option<i64> },
+    /// The main process exited.
+    Die,
     /// `docker restart` finished (after its die and start events).
     Restart,
 }
@@ -143,8 +136,6 @@ pub struct ContainerEvent {
     pub kind: ContainerEventKind,
     /// Container id the event is about.
     pub container_id: String,
-    /// Unix time in nanoseconds, 0 when absent.
-    pub time_nano: i64,
 }
 
 impl DockerHost {
@@ -202,7 +193,6 @@ impl DockerHost {
             id: info.id.unwrap_or_default(),
             running: state.running.unwrap_or(false),
             started_at: state.started_at.unwrap_or_default(),
-            restart_count: info.restart_count.unwrap_or(0),
             ip_addresses,
         })
     }
@@ -265,17 +255,14 @@ impl DockerHost {
             .map_err(|e| self.api_error("exec start", container, e))?;
         match started {
             StartExecResults::Attached { output, input } => Ok(AttachedExec { id: created.id, output, input }),
-            StartExecResults::Detached => Err(DockerError::ExecFailed {
-                container: container.to_owned(),
-                command: cmd.join(" "),
-                exit_code: -1,
-                stderr: "the engine started the exec detached".to_owned(),
-            }),
+            StartExecResults::Detached => {
+                Err(DockerError::ExecDetached { container: container.to_owned(), command: cmd.join(" ") })
+            }
         }
     }
 
     /// Exit code of a finished exec, -1 when the engine reports none.
-    pub async fn exec_exit_code(&self, container: &str, exec_id: &str) -> Result<i64, DockerError> {
+    async fn exec_exit_code(&self, container: &str, exec_id: &str) -> Result<i64, DockerError> {
         let inspected =
             self.docker.inspect_exec(exec_id).await.map_err(|e| self.api_error("exec inspect", container, e))?;
         Ok(inspected.exit_code.unwrap_or(-1))
@@ -347,7 +334,8 @@ impl DockerHost {
         DockerError::Unreachable { socket: self.socket.clone(), source }
     }
 
-    fn api_error(&self, op: &'static str, container: &str, source: BollardError) -> DockerError {
+    /// The error for a failed call about `container`: not found, unreachable engine, or the call's own failure.
+    pub(crate) fn api_error(&self, op: &'static str, container: &str, source: BollardError) -> DockerError {
         match source {
             BollardError::DockerResponseServerError { status_code: 404, .. } => {
                 DockerError::NotFound { container: container.to_owned() }
@@ -366,11 +354,8 @@ fn container_event(message: bollard::models::EventMessage) -> Option<ContainerEv
     let kind = match message.action.as_deref()? {
         "start" => ContainerEventKind::Start,
         "restart" => ContainerEventKind::Restart,
-        "die" => {
-            let exit_code = actor.attributes.as_ref().and_then(|a| a.get("exitCode")).and_then(|c| c.parse().ok());
-            ContainerEventKind::Die { exit_code }
-        }
+        "die" => ContainerEventKind::Die,
         _ => return None,
     };
-    Some(ContainerEvent { kind, container_id: actor.id.unwrap_or_default(), time_nano: message.time_nano.unwrap_or(0) })
+    Some(ContainerEvent { kind, container_id: actor.id.unwrap_or_default() })
 }

@@ -59,6 +59,7 @@ pub(crate) struct CommandBatch {
 }
 
 impl CommandBatch {
+    /// An empty batch with room for about `bytes` of commands.
     pub(crate) fn with_capacity(bytes: usize, commands: usize) -> CommandBatch {
         CommandBatch { bytes: Vec::with_capacity(bytes), continuations: Vec::with_capacity(commands), current_start: 0 }
     }
@@ -68,6 +69,7 @@ impl CommandBatch {
         self.continuations.len()
     }
 
+    /// Whether the batch holds no command.
     pub(crate) fn is_empty(&self) -> bool {
         self.continuations.is_empty()
     }
@@ -197,7 +199,13 @@ impl Framer {
 /// Where the session's output comes from.
 enum Reader {
     Socket(OwnedReadHalf),
-    Exec { output: ExecOutputStream, stderr: Vec<u8> },
+    Exec {
+        output: ExecOutputStream,
+        stderr: Vec<u8>,
+        /// Where the exec runs, to name it when its output stream fails.
+        docker: DockerHost,
+        container: String,
+    },
 }
 
 impl Reader {
@@ -209,7 +217,7 @@ impl Reader {
                 let n = stream.read_buf(buf).await.map_err(|source| HaproxyError::SocketIo { source })?;
                 Ok(n > 0)
             }
-            Reader::Exec { output, stderr } => loop {
+            Reader::Exec { output, stderr, docker, container } => loop {
                 match output.next().await {
                     None => return Ok(false),
                     Some(Ok(LogOutput::StdErr { message })) => stderr.extend_from_slice(&message),
@@ -218,7 +226,7 @@ impl Reader {
                         return Ok(true);
                     }
                     Some(Ok(LogOutput::StdIn { .. })) => {}
-                    Some(Err(e)) => return Err(HaproxyError::SocketIo { source: std::io::Error::other(e) }),
+                    Some(Err(source)) => return Err(docker.api_error("exec output", container, source).into()),
                 }
             },
         }
@@ -257,7 +265,13 @@ impl AdminSession {
         // -t: after stdin closes, wait for HAProxy's last answers instead of socat's 0.5 s.
         let cmd = ["socat", "-t", "30", "stdio", address.as_str()];
         let exec = docker.exec_attached(container, &cmd, true).await?;
-        Ok(AdminSession::new(Reader::Exec { output: exec.output, stderr: Vec::new() }, exec.input))
+        let reader = Reader::Exec {
+            output: exec.output,
+            stderr: Vec::new(),
+            docker: docker.clone(),
+            container: container.to_owned(),
+        };
+        Ok(AdminSession::new(reader, exec.input))
     }
 
     fn new(reader: Reader, writer: Pin<Box<dyn AsyncWrite + Send>>) -> AdminSession {

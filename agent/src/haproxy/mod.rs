@@ -15,6 +15,7 @@ pub use map_file::MapFileWrite;
 pub use runtime::RuntimeCommandError;
 pub use runtime::RuntimeReport;
 pub use stats::ServerStat;
+pub use stats::ShowStatError;
 use tracing::warn;
 
 use crate::docker::DockerError;
@@ -29,9 +30,13 @@ const ADMIN_SOCKET: &str = "admin.sock";
 const MASTER_SOCKET: &str = "master.sock";
 const CONFIG_FILE: &str = "haproxy.cfg";
 
-/// Default bound on one command with its payload: HAProxy's `tune.bufsize` is 16 KiB and
+/// Bound on one command with its payload: HAProxy's `tune.bufsize` is 16 KiB and
 /// a command of 16,411 bytes was refused in tests, 16,295 accepted.
-pub const DEFAULT_PAYLOAD_LIMIT: usize = 15 * 1024;
+const PAYLOAD_LIMIT: usize = 15 * 1024;
+/// Bound on one runtime API session.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on the wait for HAProxy to answer again after a reload.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of the HAProxy driver.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,9 @@ pub enum HaproxyError {
     /// A topology name or address HAProxy's config could not take as a single word.
     #[error("invalid {what} {value:?} for haproxy.cfg: use letters, digits and . _ - : (addresses also [ ])")]
     InvalidName { what: &'static str, value: String },
+    /// Runtime mode `socket` was asked for, but no socket directory is configured.
+    #[error("the runtime API over the admin socket needs a socket directory (--socket-dir)")]
+    NoSocketDir,
     /// The admin socket could not be reached.
     #[error("admin socket {path}: {source}")]
     Socket {
@@ -78,9 +86,25 @@ pub enum HaproxyError {
         #[source]
         source: std::io::Error,
     },
+    /// A blocking file task (write, rename, fsync) did not run to completion.
+    #[error("file task for {path}: {source}")]
+    FileTask {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// `show stat` answered with something other than its table.
+    #[error("unexpected answer to `show stat`: {source}")]
+    ShowStat {
+        #[from]
+        source: ShowStatError,
+    },
     /// The askama template failed to render.
-    #[error("rendering haproxy.cfg: {0}")]
-    Render(#[from] askama::Error),
+    #[error("rendering haproxy.cfg: {source}")]
+    Render {
+        #[from]
+        source: askama::Error,
+    },
     /// `haproxy -c` refused the rendered config; the running config is untouched.
     #[error("HAProxy refused the new config (the old one keeps running): {output}")]
     InvalidConfig { output: String },
@@ -145,35 +169,12 @@ pub struct Haproxy {
     target: HaproxyTarget,
     docker: Option<DockerHost>,
     mode: RuntimeMode,
-    session_timeout: Duration,
-    ready_timeout: Duration,
-    payload_limit: usize,
 }
 
 impl Haproxy {
     /// A driver for `target`; `docker` is needed for the exec path, `haproxy -c` and reloads by signal or restart.
     pub fn new(target: HaproxyTarget, docker: Option<DockerHost>, mode: RuntimeMode) -> Haproxy {
-        Haproxy {
-            target,
-            docker,
-            mode,
-            session_timeout: Duration::from_secs(60),
-            ready_timeout: Duration::from_secs(30),
-            payload_limit: DEFAULT_PAYLOAD_LIMIT,
-        }
-    }
-
-    /// Bounds one runtime API session (default 60 s) and the wait for HAProxy after a reload (default 30 s).
-    pub fn with_timeouts(mut self, session: Duration, ready: Duration) -> Haproxy {
-        self.session_timeout = session;
-        self.ready_timeout = ready;
-        self
-    }
-
-    /// Largest command with payload sent to HAProxy; keep it below its `tune.bufsize`.
-    pub fn with_payload_limit(mut self, bytes: usize) -> Haproxy {
-        self.payload_limit = bytes.max(1024);
-        self
+        Haproxy { target, docker, mode }
     }
 
     /// The target this driver was built for.
@@ -216,10 +217,7 @@ impl Haproxy {
                 }
                 result => result,
             },
-            (RuntimeMode::Socket, None) => Err(HaproxyError::Socket {
-                path: PathBuf::from(ADMIN_SOCKET),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no socket directory configured"),
-            }),
+            (RuntimeMode::Socket, None) => Err(HaproxyError::NoSocketDir),
             _ => self.exec_admin_session().await,
         }
     }
@@ -235,8 +233,8 @@ impl Haproxy {
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, HaproxyError>>,
     ) -> Result<T, HaproxyError> {
-        tokio::time::timeout(self.session_timeout, fut)
+        tokio::time::timeout(SESSION_TIMEOUT, fut)
             .await
-            .unwrap_or(Err(HaproxyError::Timeout { op, after: self.session_timeout }))
+            .unwrap_or(Err(HaproxyError::Timeout { op, after: SESSION_TIMEOUT }))
     }
 }

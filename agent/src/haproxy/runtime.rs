@@ -11,6 +11,7 @@ use super::stats::ServerStat;
 use super::Haproxy;
 use super::HaproxyError;
 use super::RuntimeChange;
+use super::PAYLOAD_LIMIT;
 use crate::desired::MapEntries;
 
 /// What `apply_runtime` did.
@@ -148,12 +149,12 @@ impl Haproxy {
             let at_version = format!("@{version}");
 
             let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-            let mut adds = CommandBatch::with_capacity(bytes + bytes / 8, bytes / self.payload_limit + 1);
+            let mut adds = CommandBatch::with_capacity(bytes + bytes / 8, bytes / PAYLOAD_LIMIT + 1);
             let head = [("verb", "add"), ("verb", "map"), ("version", at_version.as_str()), ("map", map_name)];
             let mut open = false;
             for (key, value) in map {
                 // +2 for the line's space and newline, +1 for the payload's closing empty line.
-                if open && adds.current_len() + key.len() + value.len() + 3 > self.payload_limit {
+                if open && adds.current_len() + key.len() + value.len() + 3 > PAYLOAD_LIMIT {
                     adds.end_payload();
                     open = false;
                 }
@@ -230,8 +231,7 @@ impl Haproxy {
         let output = self
             .run_command(&[("verb", "show"), ("verb", "stat"), ("proxy", "-1"), ("type", "4"), ("server", "-1")])
             .await?;
-        stats::parse_show_stat(&output)
-            .map_err(|message| HaproxyError::Command { command: "show stat -1 4 -1".to_owned(), message })
+        Ok(stats::parse_show_stat(&output)?)
     }
 
     /// Runs one command and returns its output.
