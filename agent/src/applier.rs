@@ -1,10 +1,12 @@
 //! Owns this host's desired state and applies it to HAProxy: versions from the coordinator,
 //! reconciliation against what HAProxy really holds, and the reports about it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use lbfleet_proto::map_diff;
+use lbfleet_proto::map_diff::KeyDiff;
+use lbfleet_proto::map_diff::MapDiff;
 use lbfleet_proto::pb;
 use lbfleet_proto::MapDigest;
 use tracing::info;
@@ -51,12 +53,18 @@ impl MapFileGuard {
 /// Why a version could not be applied; the agent NACKs it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// A delta that does not start at the version held (or arrives before any full state).
     #[error("delta from version {from} does not follow the held version {held}")]
     OutOfOrder { from: u64, held: u64 },
+    /// A message with neither a full state nor a delta, or a full state without topology.
     #[error("the message carries no state")]
     Empty,
+    /// HAProxy did not take the state.
     #[error(transparent)]
-    Haproxy(#[from] crate::haproxy::HaproxyError),
+    Haproxy {
+        #[from]
+        source: crate::haproxy::HaproxyError,
+    },
 }
 
 impl ApplyError {
@@ -284,11 +292,11 @@ impl Applier {
         // The config too: a restarted container may have come back with an old file.
         haproxy.apply_config(&desired.topology).await?;
         let actual = haproxy.show_map().await?;
-        let drift = measure_drift(&desired.map, &actual);
-        let Some(mut drift) = drift else {
+        let diff = map_diff::diff(&desired.map, actual.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let Some(mut drift) = drift_report(&diff) else {
             return Ok(None);
         };
-        let changed = drift.missing + drift.wrong + drift.extra + drift.duplicates;
+        let changed = diff.len();
         warn!(
             missing = drift.missing,
             wrong = drift.wrong,
@@ -296,10 +304,10 @@ impl Applier {
             duplicates = drift.duplicates,
             "HAProxy map drifted from the desired state; repairing"
         );
-        let repairs = repairs(&desired.map, &actual);
+        let repairs = repairs(&diff);
         self.write_map_file_now().await?;
         let (haproxy, desired) = self.driver();
-        if changed as usize > BULK_REPAIR_THRESHOLD {
+        if changed > BULK_REPAIR_THRESHOLD {
             haproxy.replace_runtime_map(&desired.map).await?;
         } else {
             haproxy.apply_runtime(&repairs).await?;
@@ -399,71 +407,54 @@ fn topology_from_pb(topology: &pb::AgentTopology) -> Topology {
     Topology { map_path: topology.map_path.clone(), backends }
 }
 
-/// Counts what differs between the desired map and HAProxy's entries; `None` when nothing does.
-pub fn measure_drift(desired: &MapEntries, actual: &[(String, String)]) -> Option<pb::DriftReport> {
-    let held = held_values(actual);
-    let mut report = pb::DriftReport::default();
-    let mut examples = Vec::new();
-    for (fqdn, backend) in desired {
-        match held.get(fqdn.as_str()) {
-            None => {
-                report.missing += 1;
-                examples.push(format!("missing {fqdn}"));
-            }
-            Some(values) if values.len() > 1 => {
-                report.duplicates += 1;
-                examples.push(format!("duplicate {fqdn}"));
-            }
-            Some(values) if values[0] != backend => {
-                report.wrong += 1;
-                examples.push(format!("{fqdn} -> {} instead of {backend}", values[0]));
-            }
-            Some(_) => {}
-        }
-    }
-    for fqdn in held.keys().filter(|k| !desired.contains_key(**k)) {
-        report.extra += 1;
-        examples.push(format!("extra {fqdn}"));
-    }
-    if report.missing + report.wrong + report.extra + report.duplicates == 0 {
+/// The drift report for `diff`, with a few examples; `None` when nothing differs.
+fn drift_report(diff: &MapDiff<'_>) -> Option<pb::DriftReport> {
+    if diff.is_empty() {
         return None;
     }
-    examples.truncate(DRIFT_EXAMPLES);
-    report.examples = examples;
-    report.found_at_unix_ms =
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    Some(report)
+    let counts = diff.counts();
+    let examples = diff
+        .iter()
+        .take(DRIFT_EXAMPLES)
+        .map(|difference| match difference {
+            KeyDiff::Missing { key, .. } => format!("missing {key}"),
+            KeyDiff::Duplicated { key, .. } => format!("duplicate {key}"),
+            KeyDiff::Wrong { key, desired, held } => format!("{key} -> {held} instead of {desired}"),
+            KeyDiff::Extra { key, .. } => format!("extra {key}"),
+        })
+        .collect();
+    Some(pb::DriftReport {
+        missing: counts.missing,
+        wrong: counts.wrong,
+        extra: counts.extra,
+        duplicates: counts.duplicated,
+        examples,
+        found_at_unix_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        ..Default::default()
+    })
 }
 
-/// Every value HAProxy holds per key (more than one means the key was added twice).
-fn held_values(actual: &[(String, String)]) -> BTreeMap<&str, Vec<&str>> {
-    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (fqdn, backend) in actual {
-        held.entry(fqdn.as_str()).or_default().push(backend.as_str());
-    }
-    held
-}
-
-/// Key-by-key runtime commands that turn `actual` into `desired`.
-fn repairs(desired: &MapEntries, actual: &[(String, String)]) -> Vec<RuntimeChange> {
-    let held = held_values(actual);
-    let mut changes = Vec::new();
-    for (fqdn, backend) in desired {
-        match held.get(fqdn.as_str()) {
-            None => changes.push(RuntimeChange::Add { fqdn: fqdn.clone(), backend: backend.clone() }),
+/// Key-by-key runtime commands that fix every difference in `diff`.
+fn repairs(diff: &MapDiff<'_>) -> Vec<RuntimeChange> {
+    let mut changes = Vec::with_capacity(diff.len());
+    for difference in diff {
+        match *difference {
+            KeyDiff::Missing { key, desired } => {
+                changes.push(RuntimeChange::Add { fqdn: key.to_owned(), backend: desired.to_owned() })
+            }
             // `del map` removes every copy, then one clean entry goes back.
-            Some(values) if values.len() > 1 => {
-                changes.push(RuntimeChange::Del { fqdn: fqdn.clone() });
-                changes.push(RuntimeChange::Add { fqdn: fqdn.clone(), backend: backend.clone() });
+            KeyDiff::Duplicated { key, desired, .. } => {
+                changes.push(RuntimeChange::Del { fqdn: key.to_owned() });
+                changes.push(RuntimeChange::Add { fqdn: key.to_owned(), backend: desired.to_owned() });
             }
-            Some(values) if values[0] != backend => {
-                changes.push(RuntimeChange::Set { fqdn: fqdn.clone(), backend: backend.clone() })
+            KeyDiff::Wrong { key, desired, .. } => {
+                changes.push(RuntimeChange::Set { fqdn: key.to_owned(), backend: desired.to_owned() })
             }
-            Some(_) => {}
+            KeyDiff::Extra { key, .. } => changes.push(RuntimeChange::Del { fqdn: key.to_owned() }),
         }
-    }
-    for fqdn in held.keys().filter(|k| !desired.contains_key(**k)) {
-        changes.push(RuntimeChange::Del { fqdn: fqdn.to_string() });
     }
     changes
 }
@@ -501,24 +492,41 @@ mod tests {
         assert_eq!(file, "new.com s1\n");
     }
 
+    fn diff<'a>(desired: &'a MapEntries, actual: &'a [(String, String)]) -> MapDiff<'a> {
+        map_diff::diff(desired, actual.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
     #[test]
     fn drift_counts_each_kind() {
         let desired = map(&[("ok.com", "s1"), ("gone.com", "s1"), ("moved.com", "s1"), ("twice.com", "s1")]);
         let actual =
             held(&[("ok.com", "s1"), ("moved.com", "s2"), ("twice.com", "s1"), ("twice.com", "s1"), ("x.com", "s1")]);
-        let drift = measure_drift(&desired, &actual).unwrap();
+        let drift = drift_report(&diff(&desired, &actual)).unwrap();
         assert_eq!((drift.missing, drift.wrong, drift.extra, drift.duplicates), (1, 1, 1, 1));
-        assert!(drift.examples.contains(&"missing gone.com".to_string()));
-        assert!(measure_drift(&desired, &held(&[("ok.com", "s1")])).is_some());
+        assert_eq!(
+            drift.examples,
+            ["missing gone.com", "moved.com -> s2 instead of s1", "duplicate twice.com", "extra x.com"]
+        );
+        assert!(!drift.repaired);
+        assert!(drift_report(&diff(&desired, &held(&[("ok.com", "s1")]))).is_some());
         let exact = held(&[("ok.com", "s1"), ("gone.com", "s1"), ("moved.com", "s1"), ("twice.com", "s1")]);
-        assert!(measure_drift(&desired, &exact).is_none());
+        assert!(drift_report(&diff(&desired, &exact)).is_none());
+    }
+
+    #[test]
+    fn drift_quotes_a_bounded_number_of_examples() {
+        let desired: MapEntries = (0..DRIFT_EXAMPLES + 5).map(|i| (format!("k{i:02}.com"), "s1".to_string())).collect();
+        let drift = drift_report(&diff(&desired, &[])).unwrap();
+        assert_eq!(drift.missing as usize, DRIFT_EXAMPLES + 5);
+        assert_eq!(drift.examples.len(), DRIFT_EXAMPLES);
+        assert_eq!(drift.examples[0], "missing k00.com");
     }
 
     #[test]
     fn repairs_fix_every_kind_of_drift() {
         let desired = map(&[("gone.com", "s1"), ("moved.com", "s1"), ("twice.com", "s1")]);
         let actual = held(&[("moved.com", "s2"), ("twice.com", "s1"), ("twice.com", "s1"), ("x.com", "s1")]);
-        let changes = repairs(&desired, &actual);
+        let changes = repairs(&diff(&desired, &actual));
         assert_eq!(
             changes,
             vec![

@@ -19,6 +19,7 @@ pub struct Server {
 pub struct Backend {
     /// `shard-NAME`.
     pub name: String,
+    /// The shard's nodes.
     pub servers: Vec<Server>,
 }
 
@@ -34,10 +35,13 @@ pub struct Topology {
 /// The full desired state of this host at `version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredState {
+    /// The coordinator's version of this state.
     pub version: u64,
     /// The HAProxy container this agent drives.
     pub container: String,
+    /// What `haproxy.cfg` is rendered from.
     pub topology: Topology,
+    /// The FQDN map.
     pub map: MapEntries,
 }
 

@@ -10,12 +10,12 @@ use std::pin::Pin;
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::CreateExecOptions;
 use bollard::exec::StartExecOptions;
 use bollard::exec::StartExecResults;
-use bollard::query_parameters::EventsOptions;
+use bollard::models::ExecConfig;
+use bollard::query_parameters::EventsOptionsBuilder;
 use bollard::query_parameters::InspectContainerOptions;
-use bollard::query_parameters::KillContainerOptions;
+use bollard::query_parameters::KillContainerOptionsBuilder;
 use bollard::query_parameters::RestartContainerOptions;
 use bollard::query_parameters::StartContainerOptions;
 use bollard::query_parameters::StopContainerOptions;
@@ -51,17 +51,12 @@ pub enum DockerError {
         #[source]
         source: BollardError,
     },
-    /// A command run with `docker exec` could not run or exited non-zero.
+    /// A command run with `docker exec` exited non-zero.
     #[error("`{command}` in {container} exited with {exit_code}: {stderr}")]
     ExecFailed { container: String, command: String, exit_code: i64, stderr: String },
-    /// Streaming stdin to an exec'd command failed.
-    #[error("writing stdin of `{command}` in {container}: {source}")]
-    ExecStdin {
-        container: String,
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The engine started an exec detached although its output was asked for.
+    #[error("the engine started `{command}` in {container} detached, without its output")]
+    ExecDetached { container: String, command: String },
 }
 
 /// A connection to the local Docker engine.
@@ -80,8 +75,6 @@ pub struct ContainerInfo {
     pub running: bool,
     /// RFC 3339 start time as the engine reports it; changes on every (re)start.
     pub started_at: String,
-    /// How often the engine's restart policy restarted the container.
-    pub restart_count: i64,
     /// IP address per attached network name (empty addresses left out).
     pub ip_addresses: BTreeMap<String, String>,
 }
@@ -130,8 +123,8 @@ pub struct AttachedExec {
 pub enum ContainerEventKind {
     /// The container started (also after a restart).
     Start,
-    /// The main process exited; `exit_code` when the engine said.
-    Die { exit_code: Option<i64> },
+    /// The main process exited.
+    Die,
     /// `docker restart` finished (after its die and start events).
     Restart,
 }
@@ -143,8 +136,6 @@ pub struct ContainerEvent {
     pub kind: ContainerEventKind,
     /// Container id the event is about.
     pub container_id: String,
-    /// Unix time in nanoseconds, 0 when absent.
-    pub time_nano: i64,
 }
 
 impl DockerHost {
@@ -202,7 +193,6 @@ impl DockerHost {
             id: info.id.unwrap_or_default(),
             running: state.running.unwrap_or(false),
             started_at: state.started_at.unwrap_or_default(),
-            restart_count: info.restart_count.unwrap_or(0),
             ip_addresses,
         })
     }
@@ -248,12 +238,12 @@ impl DockerHost {
         cmd: &[&str],
         with_stdin: bool,
     ) -> Result<AttachedExec, DockerError> {
-        let options = CreateExecOptions {
+        let options = ExecConfig {
             attach_stdin: Some(with_stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
-            cmd: Some(cmd.to_vec()),
+            cmd: Some(cmd.iter().map(|word| (*word).to_owned()).collect()),
             ..Default::default()
         };
         let created =
@@ -265,17 +255,14 @@ impl DockerHost {
             .map_err(|e| self.api_error("exec start", container, e))?;
         match started {
             StartExecResults::Attached { output, input } => Ok(AttachedExec { id: created.id, output, input }),
-            StartExecResults::Detached => Err(DockerError::ExecFailed {
-                container: container.to_owned(),
-                command: cmd.join(" "),
-                exit_code: -1,
-                stderr: "the engine started the exec detached".to_owned(),
-            }),
+            StartExecResults::Detached => {
+                Err(DockerError::ExecDetached { container: container.to_owned(), command: cmd.join(" ") })
+            }
         }
     }
 
     /// Exit code of a finished exec, -1 when the engine reports none.
-    pub async fn exec_exit_code(&self, container: &str, exec_id: &str) -> Result<i64, DockerError> {
+    async fn exec_exit_code(&self, container: &str, exec_id: &str) -> Result<i64, DockerError> {
         let inspected =
             self.docker.inspect_exec(exec_id).await.map_err(|e| self.api_error("exec inspect", container, e))?;
         Ok(inspected.exit_code.unwrap_or(-1))
@@ -283,7 +270,7 @@ impl DockerHost {
 
     /// Sends `signal` (e.g. `SIGUSR2`) to the container's main process.
     pub async fn signal(&self, container: &str, signal: &str) -> Result<(), DockerError> {
-        let options = KillContainerOptions { signal: signal.to_owned() };
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
         self.docker.kill_container(container, Some(options)).await.map_err(|e| self.api_error("kill", container, e))
     }
 
@@ -314,16 +301,16 @@ impl DockerHost {
     /// Start, die and restart events of `container` from now on; the stream ends after an error.
     pub fn events(&self, container: &str) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + 'static {
         let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
-            ("container".to_owned(), vec![container.to_owned()]),
-            ("event".to_owned(), vec!["start".to_owned(), "die".to_owned(), "restart".to_owned()]),
+            ("type", vec!["container"]),
+            ("container", vec![container]),
+            ("event", vec!["start", "die", "restart"]),
         ]);
         // The request starts on the first poll; `since` keeps events from between now and then.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|now| format!("{}.{:09}", now.as_secs(), now.subsec_nanos()))
-            .ok();
-        let options = EventsOptions { since, filters: Some(filters), ..Default::default() };
+        let mut options = EventsOptionsBuilder::new().filters(&filters);
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            options = options.since(&format!("{}.{:09}", now.as_secs(), now.subsec_nanos()));
+        }
+        let options = options.build();
         let host = self.clone();
         let container = container.to_owned();
         let mut failed = false;
@@ -347,7 +334,8 @@ impl DockerHost {
         DockerError::Unreachable { socket: self.socket.clone(), source }
     }
 
-    fn api_error(&self, op: &'static str, container: &str, source: BollardError) -> DockerError {
+    /// The error for a failed call about `container`: not found, unreachable engine, or the call's own failure.
+    pub(crate) fn api_error(&self, op: &'static str, container: &str, source: BollardError) -> DockerError {
         match source {
             BollardError::DockerResponseServerError { status_code: 404, .. } => {
                 DockerError::NotFound { container: container.to_owned() }
@@ -366,11 +354,8 @@ fn container_event(message: bollard::models::EventMessage) -> Option<ContainerEv
     let kind = match message.action.as_deref()? {
         "start" => ContainerEventKind::Start,
         "restart" => ContainerEventKind::Restart,
-        "die" => {
-            let exit_code = actor.attributes.as_ref().and_then(|a| a.get("exitCode")).and_then(|c| c.parse().ok());
-            ContainerEventKind::Die { exit_code }
-        }
+        "die" => ContainerEventKind::Die,
         _ => return None,
     };
-    Some(ContainerEvent { kind, container_id: actor.id.unwrap_or_default(), time_nano: message.time_nano.unwrap_or(0) })
+    Some(ContainerEvent { kind, container_id: actor.id.unwrap_or_default() })
 }

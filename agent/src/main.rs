@@ -4,14 +4,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lbfleet_agent::config::Args;
+use lbfleet_agent::config::AgentSettings;
 use lbfleet_agent::session;
 use lbfleet_proto::process::EXIT_CONFIG;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let settings = match AgentSettings::try_parse() {
+        Ok(settings) => settings,
+        Err(error) => {
+            // A flag value the agent cannot use is a bad config like any other; --help and --version are not.
+            let _ = error.print();
+            return if error.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+        }
+    };
     lbfleet_proto::process::init_logging("info");
-    let config = match args.resolve() {
+    let config = match settings.resolve() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");

@@ -8,9 +8,8 @@ use lbfleet_coordinator::ctl::cli::Cli;
 use lbfleet_coordinator::ctl::cli::Command;
 use lbfleet_coordinator::ctl::cli::CoordinatorCommand;
 use lbfleet_coordinator::ctl::cli::PkiCommand;
-use lbfleet_coordinator::ctl::cli::RunArgs;
 use lbfleet_coordinator::ctl::commands;
-use lbfleet_coordinator::daemon::config::RawConfig;
+use lbfleet_coordinator::daemon::config::CoordinatorSettings;
 use lbfleet_coordinator::daemon::server;
 use lbfleet_coordinator::pki;
 use lbfleet_proto::process::EXIT_CONFIG;
@@ -31,8 +30,10 @@ fn main() -> ExitCode {
         Command::Pki(PkiCommand::Init { dir, coordinator, agent, admin }) => {
             pki_init(&dir, &coordinator, &agent, &admin)
         }
-        Command::Coordinator(CoordinatorCommand::Run(args)) => {
-            let config = match run_config(args, cli.global.tls_dir.clone()) {
+        Command::Coordinator(CoordinatorCommand::Run(settings)) => {
+            // --tls-dir is global to every command; for `coordinator run` it is one of the settings.
+            let settings = CoordinatorSettings { tls_dir: cli.global.tls_dir.clone(), ..settings };
+            let config = match settings.resolve() {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -50,28 +51,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Merges `coordinator run` flags over the config file and validates the result.
-fn run_config(
-    args: RunArgs,
-    tls_dir: Option<std::path::PathBuf>,
-) -> Result<lbfleet_coordinator::daemon::config::CoordinatorConfig, lbfleet_coordinator::daemon::config::ConfigError> {
-    let file = match &args.config {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::default(),
-    };
-    let flags = RawConfig {
-        node_id: args.node_id,
-        listen: args.listen,
-        advertise: args.advertise,
-        data_dir: args.data_dir,
-        tls_dir,
-        bootstrap: args.bootstrap,
-        snapshot_every: args.snapshot_every,
-        keep_logs_behind_snapshot: None,
-    };
-    flags.or(file).validate()
 }
 
 fn pki_init(

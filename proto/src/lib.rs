@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod digest;
 pub mod fqdn;
 pub mod identity;
+pub mod map_diff;
 pub mod process;
 pub mod tls;
 pub mod transport;

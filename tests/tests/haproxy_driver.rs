@@ -214,7 +214,7 @@ async fn map_file_survives_a_restart_and_runtime_only_entries_do_not() {
             .expect("event");
         assert!(before.id.starts_with(&event.container_id) || event.container_id.starts_with(&before.id));
         seen.push(match event.kind {
-            ContainerEventKind::Die { .. } => "die",
+            ContainerEventKind::Die => "die",
             ContainerEventKind::Start => "start",
             ContainerEventKind::Restart => "restart",
         });

@@ -19,6 +19,7 @@ use super::Haproxy;
 use super::HaproxyError;
 use super::ReloadMode;
 use super::CONFIG_PATH_IN_CONTAINER;
+use super::READY_TIMEOUT;
 use crate::desired::Backend;
 use crate::desired::Topology;
 
@@ -147,7 +148,7 @@ impl Haproxy {
                     }
                 };
                 let by_master = match self.master_socket().filter(|path| path.exists()) {
-                    Some(path) => match master_reload(&path, self.ready_timeout).await {
+                    Some(path) => match master_reload(&path, READY_TIMEOUT).await {
                         Err(HaproxyError::Socket { source, .. }) if self.docker.is_some() => {
                             warn!(%source, container, "master socket unusable, reloading with SIGUSR2");
                             false
@@ -214,7 +215,7 @@ impl Haproxy {
 
     /// Waits until a worker other than `before` answers the admin socket.
     async fn wait_ready(&self, before: Option<u32>) -> Result<(), HaproxyError> {
-        let deadline = Instant::now() + self.ready_timeout;
+        let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let probe = tokio::time::timeout(PROBE_TIMEOUT, self.worker_pid()).await;
             match probe {
@@ -224,10 +225,7 @@ impl Haproxy {
                 Err(_) => debug!(container = %self.target.container, "readiness probe timed out"),
             }
             if Instant::now() >= deadline {
-                return Err(HaproxyError::Timeout {
-                    op: "waiting for HAProxy after the reload",
-                    after: self.ready_timeout,
-                });
+                return Err(HaproxyError::Timeout { op: "waiting for HAProxy after the reload", after: READY_TIMEOUT });
             }
             tokio::time::sleep(READY_POLL).await;
         }
@@ -258,11 +256,7 @@ async fn blocking<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> Result<T, HaproxyError> + Send + 'static,
 ) -> Result<T, HaproxyError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| HaproxyError::File {
-        op: "write",
-        path: path.to_owned(),
-        source: std::io::Error::other(e),
-    })?
+    tokio::task::spawn_blocking(f).await.map_err(|source| HaproxyError::FileTask { path: path.to_owned(), source })?
 }
 
 #[cfg(test)]

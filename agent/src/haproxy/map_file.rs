@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::cli::check_word;
+use super::admin_socket::check_word;
 use super::Haproxy;
 use super::HaproxyError;
 use crate::desired::MapEntries;
@@ -40,9 +40,9 @@ impl MapFileWrite {
                 let name = file_name(&target.map_path)?;
                 let path = dir.join(name);
                 let contents = self.contents;
-                tokio::task::spawn_blocking(move || replace_file(&path, &contents)).await.map_err(|e| {
-                    HaproxyError::File { op: "write", path: dir.join(name), source: std::io::Error::other(e) }
-                })??;
+                tokio::task::spawn_blocking(move || replace_file(&path, &contents))
+                    .await
+                    .map_err(|source| HaproxyError::FileTask { path: dir.join(name), source })??;
             }
             None => self.driver.replace_in_container(&target.map_path, self.contents).await?,
         }

@@ -1,7 +1,7 @@
 //! The HAProxy driver: map file, runtime API (admin socket or `docker exec socat`),
 //! `haproxy.cfg` rendering, validation and hitless reload.
 
-mod cli;
+mod admin_socket;
 mod config;
 mod map_file;
 mod runtime;
@@ -10,10 +10,12 @@ mod stats;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use admin_socket::AdminSession;
 pub use map_file::MapFileWrite;
 pub use runtime::RuntimeCommandError;
 pub use runtime::RuntimeReport;
 pub use stats::ServerStat;
+pub use stats::ShowStatError;
 use tracing::warn;
 
 use crate::docker::DockerError;
@@ -28,9 +30,13 @@ const ADMIN_SOCKET: &str = "admin.sock";
 const MASTER_SOCKET: &str = "master.sock";
 const CONFIG_FILE: &str = "haproxy.cfg";
 
-/// Default bound on one command with its payload: HAProxy's `tune.bufsize` is 16 KiB and
+/// Bound on one command with its payload: HAProxy's `tune.bufsize` is 16 KiB and
 /// a command of 16,411 bytes was refused in tests, 16,295 accepted.
-pub const DEFAULT_PAYLOAD_LIMIT: usize = 15 * 1024;
+const PAYLOAD_LIMIT: usize = 15 * 1024;
+/// Bound on one runtime API session.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on the wait for HAProxy to answer again after a reload.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of the HAProxy driver.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,9 @@ pub enum HaproxyError {
     /// A topology name or address HAProxy's config could not take as a single word.
     #[error("invalid {what} {value:?} for haproxy.cfg: use letters, digits and . _ - : (addresses also [ ])")]
     InvalidName { what: &'static str, value: String },
+    /// Runtime mode `socket` was asked for, but no socket directory is configured.
+    #[error("the runtime API over the admin socket needs a socket directory (--socket-dir)")]
+    NoSocketDir,
     /// The admin socket could not be reached.
     #[error("admin socket {path}: {source}")]
     Socket {
@@ -77,9 +86,25 @@ pub enum HaproxyError {
         #[source]
         source: std::io::Error,
     },
+    /// A blocking file task (write, rename, fsync) did not run to completion.
+    #[error("file task for {path}: {source}")]
+    FileTask {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// `show stat` answered with something other than its table.
+    #[error("unexpected answer to `show stat`: {source}")]
+    ShowStat {
+        #[from]
+        source: ShowStatError,
+    },
     /// The askama template failed to render.
-    #[error("rendering haproxy.cfg: {0}")]
-    Render(#[from] askama::Error),
+    #[error("rendering haproxy.cfg: {source}")]
+    Render {
+        #[from]
+        source: askama::Error,
+    },
     /// `haproxy -c` refused the rendered config; the running config is untouched.
     #[error("HAProxy refused the new config (the old one keeps running): {output}")]
     InvalidConfig { output: String },
@@ -88,8 +113,9 @@ pub enum HaproxyError {
     Reload { message: String },
 }
 
-/// How the runtime API is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the runtime API is reached; named in lower case as a flag value and in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuntimeMode {
     /// The admin socket shared through the bind-mounted socket directory.
     Socket,
@@ -99,8 +125,9 @@ pub enum RuntimeMode {
     Auto,
 }
 
-/// How a new `haproxy.cfg` is put into service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a new `haproxy.cfg` is put into service; named in lower case as a flag value and in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReloadMode {
     /// Master CLI `reload` when the master socket is shared, else `docker kill -s USR2`; no connection drops.
     Hitless,
@@ -142,35 +169,12 @@ pub struct Haproxy {
     target: HaproxyTarget,
     docker: Option<DockerHost>,
     mode: RuntimeMode,
-    session_timeout: Duration,
-    ready_timeout: Duration,
-    payload_limit: usize,
 }
 
 impl Haproxy {
     /// A driver for `target`; `docker` is needed for the exec path, `haproxy -c` and reloads by signal or restart.
     pub fn new(target: HaproxyTarget, docker: Option<DockerHost>, mode: RuntimeMode) -> Haproxy {
-        Haproxy {
-            target,
-            docker,
-            mode,
-            session_timeout: Duration::from_secs(60),
-            ready_timeout: Duration::from_secs(30),
-            payload_limit: DEFAULT_PAYLOAD_LIMIT,
-        }
-    }
-
-    /// Bounds one runtime API session (default 60 s) and the wait for HAProxy after a reload (default 30 s).
-    pub fn with_timeouts(mut self, session: Duration, ready: Duration) -> Haproxy {
-        self.session_timeout = session;
-        self.ready_timeout = ready;
-        self
-    }
-
-    /// Largest command with payload sent to HAProxy; keep it below its `tune.bufsize`.
-    pub fn with_payload_limit(mut self, bytes: usize) -> Haproxy {
-        self.payload_limit = bytes.max(1024);
-        self
+        Haproxy { target, docker, mode }
     }
 
     /// The target this driver was built for.
@@ -204,26 +208,23 @@ impl Haproxy {
     }
 
     /// Opens an admin session on the path `runtime_path` picks; Auto falls back to exec when the socket refuses.
-    async fn session(&self) -> Result<cli::Session, HaproxyError> {
+    async fn admin_session(&self) -> Result<AdminSession, HaproxyError> {
         match (self.runtime_path(), self.admin_socket()) {
-            (RuntimeMode::Socket, Some(path)) => match cli::Session::connect(&path).await {
+            (RuntimeMode::Socket, Some(path)) => match AdminSession::connect(&path).await {
                 Err(error) if self.mode == RuntimeMode::Auto && self.docker.is_some() => {
                     warn!(%error, container = %self.target.container, "admin socket unusable, using docker exec");
-                    self.exec_session().await
+                    self.exec_admin_session().await
                 }
                 result => result,
             },
-            (RuntimeMode::Socket, None) => Err(HaproxyError::Socket {
-                path: PathBuf::from(ADMIN_SOCKET),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no socket directory configured"),
-            }),
-            _ => self.exec_session().await,
+            (RuntimeMode::Socket, None) => Err(HaproxyError::NoSocketDir),
+            _ => self.exec_admin_session().await,
         }
     }
 
-    async fn exec_session(&self) -> Result<cli::Session, HaproxyError> {
+    async fn exec_admin_session(&self) -> Result<AdminSession, HaproxyError> {
         let docker = self.docker("the runtime API over docker exec")?;
-        cli::Session::exec(docker, &self.target.container, ADMIN_SOCKET_IN_CONTAINER).await
+        AdminSession::exec(docker, &self.target.container, ADMIN_SOCKET_IN_CONTAINER).await
     }
 
     /// Runs `fut` under the session timeout.
@@ -232,8 +233,8 @@ impl Haproxy {
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, HaproxyError>>,
     ) -> Result<T, HaproxyError> {
-        tokio::time::timeout(self.session_timeout, fut)
+        tokio::time::timeout(SESSION_TIMEOUT, fut)
             .await
-            .unwrap_or(Err(HaproxyError::Timeout { op, after: self.session_timeout }))
+            .unwrap_or(Err(HaproxyError::Timeout { op, after: SESSION_TIMEOUT }))
     }
 }

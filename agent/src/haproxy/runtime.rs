@@ -4,13 +4,14 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::cli::Answers;
-use super::cli::Batch;
+use super::admin_socket::CommandAnswers;
+use super::admin_socket::CommandBatch;
 use super::stats;
 use super::stats::ServerStat;
 use super::Haproxy;
 use super::HaproxyError;
 use super::RuntimeChange;
+use super::PAYLOAD_LIMIT;
 use crate::desired::MapEntries;
 
 /// What `apply_runtime` did.
@@ -55,7 +56,7 @@ impl Haproxy {
             return Ok(RuntimeReport::default());
         }
         let map = self.target.map_path.as_str();
-        let mut batch = Batch::with_capacity(changes.len() * (map.len() + 48), changes.len());
+        let mut batch = CommandBatch::with_capacity(changes.len() * (map.len() + 48), changes.len());
         for change in changes {
             match change {
                 RuntimeChange::Add { fqdn, backend } => batch.push(&add_map(map, fqdn, backend))?,
@@ -74,7 +75,7 @@ impl Haproxy {
         let started = Instant::now();
         let report = self
             .timed("apply runtime map changes", async {
-                let mut session = self.session().await?;
+                let mut session = self.admin_session().await?;
                 let mut report = RuntimeReport::default();
                 let mut missing = Vec::new();
                 {
@@ -94,7 +95,7 @@ impl Haproxy {
                     }
                 }
                 if !missing.is_empty() {
-                    let mut adds = Batch::with_capacity(missing.len() * (map.len() + 48), missing.len());
+                    let mut adds = CommandBatch::with_capacity(missing.len() * (map.len() + 48), missing.len());
                     for (fqdn, backend) in &missing {
                         adds.push(&add_map(map, fqdn, backend))?;
                     }
@@ -135,8 +136,8 @@ impl Haproxy {
         let map_name = self.target.map_path.as_str();
         let started = Instant::now();
         self.timed("replace the runtime map", async {
-            let mut session = self.session().await?;
-            let mut prepare = Batch::with_capacity(64 + map_name.len(), 1);
+            let mut session = self.admin_session().await?;
+            let mut prepare = CommandBatch::with_capacity(64 + map_name.len(), 1);
             prepare.push(&[("verb", "prepare"), ("verb", "map"), ("map", map_name)])?;
             let version = {
                 let answers = session.round(&prepare).await?;
@@ -148,12 +149,12 @@ impl Haproxy {
             let at_version = format!("@{version}");
 
             let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-            let mut adds = Batch::with_capacity(bytes + bytes / 8, bytes / self.payload_limit + 1);
+            let mut adds = CommandBatch::with_capacity(bytes + bytes / 8, bytes / PAYLOAD_LIMIT + 1);
             let head = [("verb", "add"), ("verb", "map"), ("version", at_version.as_str()), ("map", map_name)];
             let mut open = false;
             for (key, value) in map {
                 // +2 for the line's space and newline, +1 for the payload's closing empty line.
-                if open && adds.current_len() + key.len() + value.len() + 3 > self.payload_limit {
+                if open && adds.current_len() + key.len() + value.len() + 3 > PAYLOAD_LIMIT {
                     adds.end_payload();
                     open = false;
                 }
@@ -177,7 +178,7 @@ impl Haproxy {
                 }
             }
 
-            let mut commit = Batch::with_capacity(64 + map_name.len(), 1);
+            let mut commit = CommandBatch::with_capacity(64 + map_name.len(), 1);
             commit.push(&[("verb", "commit"), ("verb", "map"), ("version", at_version.as_str()), ("map", map_name)])?;
             let committed = {
                 let answers = session.round(&commit).await?;
@@ -209,8 +210,8 @@ impl Haproxy {
     pub async fn show_map(&self) -> Result<Vec<(String, String)>, HaproxyError> {
         let map_name = self.target.map_path.as_str();
         self.timed("show map", async {
-            let mut session = self.session().await?;
-            let mut batch = Batch::with_capacity(16 + map_name.len(), 1);
+            let mut session = self.admin_session().await?;
+            let mut batch = CommandBatch::with_capacity(16 + map_name.len(), 1);
             batch.push(&[("verb", "show"), ("verb", "map"), ("map", map_name)])?;
             let entries = {
                 let answers = session.round(&batch).await?;
@@ -230,16 +231,15 @@ impl Haproxy {
         let output = self
             .run_command(&[("verb", "show"), ("verb", "stat"), ("proxy", "-1"), ("type", "4"), ("server", "-1")])
             .await?;
-        stats::parse_show_stat(&output)
-            .map_err(|message| HaproxyError::Command { command: "show stat -1 4 -1".to_owned(), message })
+        Ok(stats::parse_show_stat(&output)?)
     }
 
     /// Runs one command and returns its output.
     pub(crate) async fn run_command(&self, words: &[(&'static str, &str)]) -> Result<String, HaproxyError> {
-        let mut batch = Batch::with_capacity(64, 1);
+        let mut batch = CommandBatch::with_capacity(64, 1);
         batch.push(words)?;
         self.timed("runtime API command", async {
-            let mut session = self.session().await?;
+            let mut session = self.admin_session().await?;
             let output = String::from_utf8_lossy(session.round(&batch).await?.get(0)).into_owned();
             session.close().await;
             Ok(output)
@@ -258,7 +258,7 @@ fn fqdn_of(change: &RuntimeChange) -> &str {
     }
 }
 
-fn command_error(change: &RuntimeChange, answers: &Answers<'_>, i: usize) -> RuntimeCommandError {
+fn command_error(change: &RuntimeChange, answers: &CommandAnswers<'_>, i: usize) -> RuntimeCommandError {
     let command = match change {
         RuntimeChange::Add { .. } => "add map",
         RuntimeChange::Set { .. } => "set map",

@@ -9,8 +9,6 @@ pub struct ServerStat {
     pub server: String,
     /// `UP`, `DOWN`, `MAINT`, `no check`, or transitional states like `UP 1/3`.
     pub status: String,
-    /// Last check result code, e.g. `L7OK`, `L4CON` (empty without checks).
-    pub check_status: String,
     /// Description of the last check, e.g. `Layer4 connection problem`.
     pub check: String,
 }
@@ -22,17 +20,38 @@ impl ServerStat {
     }
 }
 
+/// Why `show stat` output could not be read as a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShowStatError {
+    /// The output has no `# ` header line: HAProxy answered with a message instead.
+    #[error("not a stats table: {output}")]
+    NotATable {
+        /// The start of what HAProxy answered.
+        output: String,
+    },
+    /// The header lacks a column the agent needs.
+    #[error("no {column} column")]
+    MissingColumn {
+        /// The missing column's name.
+        column: &'static str,
+    },
+}
+
+/// Characters of a non-table answer quoted in `ShowStatError::NotATable`.
+const QUOTED_OUTPUT: usize = 200;
+
 /// Parses `show stat` output, keeping only server rows.
-pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, String> {
+pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, ShowStatError> {
     let mut lines = output.lines();
     let header = lines
         .next()
         .and_then(|line| line.strip_prefix("# "))
-        .ok_or_else(|| output.trim().chars().take(200).collect::<String>())?;
+        .ok_or_else(|| ShowStatError::NotATable { output: output.trim().chars().take(QUOTED_OUTPUT).collect() })?;
     let columns: Vec<&str> = header.split(',').collect();
-    let column = |name: &str| columns.iter().position(|c| *c == name).ok_or_else(|| format!("no {name} column"));
+    let column = |name: &'static str| {
+        columns.iter().position(|c| *c == name).ok_or(ShowStatError::MissingColumn { column: name })
+    };
     let (pxname, svname, status) = (column("pxname")?, column("svname")?, column("status")?);
-    let check_status = column("check_status").ok();
     let check_desc = column("check_desc").ok();
 
     let mut servers = Vec::new();
@@ -48,7 +67,6 @@ pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, String> {
             backend: field(Some(pxname)),
             server,
             status: field(Some(status)),
-            check_status: field(check_status),
             check: field(check_desc),
         });
     }
@@ -96,6 +114,10 @@ mod tests {
 
     #[test]
     fn an_error_message_is_not_a_table() {
-        assert!(parse_show_stat("Permission denied\n").is_err());
+        assert_eq!(
+            parse_show_stat("Permission denied\n"),
+            Err(ShowStatError::NotATable { output: "Permission denied".into() })
+        );
+        assert_eq!(parse_show_stat("# pxname,status\n"), Err(ShowStatError::MissingColumn { column: "svname" }));
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use lbfleet_proto::map_diff;
 use lbfleet_proto::pb;
 
 use crate::agents::registry::AgentRegistry;
@@ -44,38 +45,17 @@ pub async fn compare_hosts(agents: &AgentRegistry, desired: &pb::ClusterView) ->
         .collect()
 }
 
-/// Keys missing, pointing elsewhere, extra, or present more than once.
+/// Keys missing, pointing elsewhere, extra, or present more than once; several held values are joined with commas.
 pub fn differences(wanted: &BTreeMap<&str, String>, actual: &[pb::MapEntry]) -> Vec<pb::MapDifference> {
-    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for entry in actual {
-        held.entry(entry.fqdn.as_str()).or_default().push(entry.backend.as_str());
-    }
-    let mut differences = Vec::new();
-    for (fqdn, backend) in wanted {
-        match held.get(fqdn) {
-            Some(values) if values.len() == 1 && values[0] == backend => {}
-            Some(values) => differences.push(pb::MapDifference {
-                fqdn: fqdn.to_string(),
-                desired_backend: backend.clone(),
-                actual_backend: values.join(","),
-            }),
-            None => differences.push(pb::MapDifference {
-                fqdn: fqdn.to_string(),
-                desired_backend: backend.clone(),
-                actual_backend: String::new(),
-            }),
-        }
-    }
-    for (fqdn, values) in held {
-        if !wanted.contains_key(fqdn) {
-            differences.push(pb::MapDifference {
-                fqdn: fqdn.to_string(),
-                desired_backend: String::new(),
-                actual_backend: values.join(","),
-            });
-        }
-    }
-    differences
+    let held = actual.iter().map(|entry| (entry.fqdn.as_str(), entry.backend.as_str()));
+    map_diff::diff(wanted, held)
+        .iter()
+        .map(|difference| pb::MapDifference {
+            fqdn: difference.key().to_owned(),
+            desired_backend: difference.desired().unwrap_or_default().to_owned(),
+            actual_backend: difference.held().join(","),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -86,21 +66,20 @@ mod tests {
         pb::MapEntry { fqdn: fqdn.into(), backend: backend.into() }
     }
 
+    /// What counts as a difference is `map_diff`'s; this pins how `lb show` carries it.
     #[test]
-    fn lists_missing_wrong_extra_and_duplicate_keys() {
+    fn renders_each_difference_as_desired_and_held_backends() {
         let wanted: BTreeMap<&str, String> = [
             ("ok.com", "shard-a".to_string()),
             ("missing.com", "shard-a".to_string()),
-            ("wrong.com", "shard-a".to_string()),
             ("twice.com", "shard-a".to_string()),
         ]
         .into_iter()
         .collect();
         let actual = [
             entry("ok.com", "shard-a"),
-            entry("wrong.com", "shard-b"),
             entry("twice.com", "shard-a"),
-            entry("twice.com", "shard-a"),
+            entry("twice.com", "shard-b"),
             entry("extra.com", "shard-c"),
         ];
         let found: Vec<(String, String, String)> =
@@ -109,8 +88,7 @@ mod tests {
             found,
             vec![
                 ("missing.com".into(), "shard-a".into(), "".into()),
-                ("twice.com".into(), "shard-a".into(), "shard-a,shard-a".into()),
-                ("wrong.com".into(), "shard-a".into(), "shard-b".into()),
+                ("twice.com".into(), "shard-a".into(), "shard-a,shard-b".into()),
                 ("extra.com".into(), "".into(), "shard-c".into()),
             ]
         );

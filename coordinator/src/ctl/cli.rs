@@ -6,6 +6,8 @@ use clap::Args;
 use clap::Parser;
 use clap::Subcommand;
 
+use crate::daemon::config::CoordinatorSettings;
+
 /// Control plane for HAProxy fleets: bind FQDNs to shards, manage topology, inspect status.
 #[derive(Debug, Parser)]
 #[command(name = "lbfleet", version)]
@@ -122,33 +124,7 @@ pub enum PkiCommand {
 #[derive(Debug, Subcommand)]
 pub enum CoordinatorCommand {
     /// Runs a coordinator node until SIGINT/SIGTERM.
-    Run(RunArgs),
-}
-
-/// Settings of `coordinator run`; flags override the config file.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// TOML config file with the same settings (node_id, listen, advertise, data_dir, tls_dir, bootstrap).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// This node's Raft id.
-    #[arg(long)]
-    pub node_id: Option<u64>,
-    /// Address to bind the gRPC listener to.
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Address peers and clients should use (default: the listen address).
-    #[arg(long)]
-    pub advertise: Option<String>,
-    /// Where the sled database lives.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// `ID=ADDR,...`: the members of a new cluster; only read on the very first start.
-    #[arg(long, value_delimiter = ',')]
-    pub bootstrap: Option<Vec<String>>,
-    /// Take a snapshot after this many log entries.
-    #[arg(long)]
-    pub snapshot_every: Option<u64>,
+    Run(CoordinatorSettings),
 }
 
 /// `lbfleet members add|remove`

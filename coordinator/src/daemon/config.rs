@@ -2,28 +2,48 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::path::PathBuf;
 
+use lbfleet_proto::process::merge_settings;
+pub use lbfleet_proto::process::ConfigError;
 use serde::Deserialize;
 
 use crate::raft::NodeId;
 
-/// Settings as written in the TOML file or given as flags; every field optional until validated.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub node_id: Option<NodeId>,
-    pub listen: Option<String>,
-    pub advertise: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub tls_dir: Option<PathBuf>,
-    /// `ID=ADDR` for every member of a new cluster; used on the first start only.
-    pub bootstrap: Option<Vec<String>>,
-    /// Take a snapshot after this many log entries (default 10,000).
-    pub snapshot_every: Option<u64>,
-    /// Log entries kept behind a snapshot for lagging followers (default 1,000).
-    pub keep_logs_behind_snapshot: Option<u64>,
+lbfleet_proto::settings! {
+    /// Settings of `coordinator run`: flags, and the same names (with `_` for `-`) in the TOML config file.
+    #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CoordinatorSettings {
+        /// TOML config file with the same settings (node_id, listen, advertise, data_dir, tls_dir, bootstrap, ...).
+        #[arg(long)]
+        #[serde(skip)]
+        pub config: Option<PathBuf>,
+        /// This node's Raft id.
+        #[arg(long)]
+        pub node_id: Option<NodeId>,
+        /// Address to bind the gRPC listener to.
+        #[arg(long)]
+        pub listen: Option<String>,
+        /// Address peers and clients should use (default: the listen address).
+        #[arg(long)]
+        pub advertise: Option<String>,
+        /// Where the sled database lives.
+        #[arg(long)]
+        pub data_dir: Option<PathBuf>,
+        /// Directory with ca.pem and this node's certificate; the flag is the global --tls-dir.
+        #[arg(skip)]
+        pub tls_dir: Option<PathBuf>,
+        /// `ID=ADDR,...`: the members of a new cluster; only read on the very first start.
+        #[arg(long, value_delimiter = ',')]
+        pub bootstrap: Option<Vec<String>>,
+        /// Take a snapshot after this many log entries [default: 10000].
+        #[arg(long)]
+        pub snapshot_every: Option<u64>,
+        /// Log entries kept behind a snapshot for lagging followers [default: 1000].
+        #[arg(long)]
+        pub keep_logs_behind_snapshot: Option<u64>,
+    }
 }
 
 /// A validated coordinator configuration.
@@ -40,32 +60,17 @@ pub struct CoordinatorConfig {
     pub keep_logs_behind_snapshot: u64,
 }
 
-pub use lbfleet_proto::process::ConfigError;
-
-impl RawConfig {
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        lbfleet_proto::process::read_config(path)
-    }
-
-    /// Fills every unset field from `base` (flags win over the file).
-    pub fn or(self, base: RawConfig) -> RawConfig {
-        RawConfig {
-            node_id: self.node_id.or(base.node_id),
-            listen: self.listen.or(base.listen),
-            advertise: self.advertise.or(base.advertise),
-            data_dir: self.data_dir.or(base.data_dir),
-            tls_dir: self.tls_dir.or(base.tls_dir),
-            bootstrap: self.bootstrap.or(base.bootstrap),
-            snapshot_every: self.snapshot_every.or(base.snapshot_every),
-            keep_logs_behind_snapshot: self.keep_logs_behind_snapshot.or(base.keep_logs_behind_snapshot),
-        }
+impl CoordinatorSettings {
+    /// Lays these flags over the config file they name and validates the result.
+    pub fn resolve(self) -> Result<CoordinatorConfig, ConfigError> {
+        let file = self.config.clone();
+        merge_settings(file.as_deref(), self)?.validate()
     }
 
     /// Checks every setting and produces the typed config.
     pub fn validate(self) -> Result<CoordinatorConfig, ConfigError> {
-        let node_id = self.node_id.ok_or(ConfigError::Missing("node_id"))?;
-        let listen_text = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let node_id = self.node_id.ok_or(ConfigError::Missing { field: "node_id" })?;
+        let listen_text = self.listen.ok_or(ConfigError::Missing { field: "listen" })?;
         let listen: SocketAddr = listen_text.parse().map_err(|_| ConfigError::Invalid {
             field: "listen",
             value: listen_text.clone(),
@@ -94,8 +99,8 @@ impl RawConfig {
             node_id,
             listen,
             advertise,
-            data_dir: self.data_dir.ok_or(ConfigError::Missing("data_dir"))?,
-            tls_dir: self.tls_dir.ok_or(ConfigError::Missing("tls_dir"))?,
+            data_dir: self.data_dir.ok_or(ConfigError::Missing { field: "data_dir" })?,
+            tls_dir: self.tls_dir.ok_or(ConfigError::Missing { field: "tls_dir" })?,
             bootstrap,
             snapshot_every: self.snapshot_every.unwrap_or(10_000).max(1),
             keep_logs_behind_snapshot: self.keep_logs_behind_snapshot.unwrap_or(1_000),
@@ -134,21 +139,23 @@ fn check_address(field: &'static str, address: &str) -> Result<(), ConfigError> 
 
 #[cfg(test)]
 mod tests {
+    use lbfleet_proto::process::Settings;
+
     use super::*;
 
-    fn raw() -> RawConfig {
-        RawConfig {
+    fn settings() -> CoordinatorSettings {
+        CoordinatorSettings {
             node_id: Some(1),
             listen: Some("127.0.0.1:7400".into()),
             data_dir: Some("/tmp/d".into()),
             tls_dir: Some("/tmp/t".into()),
-            ..RawConfig::default()
+            ..CoordinatorSettings::default()
         }
     }
 
     #[test]
     fn minimal_config_validates() {
-        let config = raw().validate().unwrap();
+        let config = settings().validate().unwrap();
         assert_eq!(config.node_id, 1);
         assert!(config.bootstrap.is_empty());
         assert_eq!(config.snapshot_every, 10_000);
@@ -156,17 +163,46 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = toml::from_str::<RawConfig>("node_id = 1\nlisten_addr = \"x\"").unwrap_err();
+        let err = toml::from_str::<CoordinatorSettings>("node_id = 1\nlisten_addr = \"x\"").unwrap_err();
         assert!(err.to_string().contains("unknown field"));
+        let err = toml::from_str::<CoordinatorSettings>("config = \"/other.toml\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+        let file: CoordinatorSettings =
+            toml::from_str("tls_dir = \"/t\"\nkeep_logs_behind_snapshot = 5\nbootstrap = [\"1=a:1\"]").unwrap();
+        assert_eq!(file.keep_logs_behind_snapshot, Some(5));
+    }
+
+    #[test]
+    fn flags_parse_into_the_same_settings() {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            settings: CoordinatorSettings,
+        }
+        let run = <Run as clap::Parser>::parse_from([
+            "run",
+            "--node-id",
+            "3",
+            "--listen",
+            "127.0.0.1:7400",
+            "--bootstrap",
+            "1=a:1,3=c:3",
+            "--snapshot-every",
+            "50",
+        ]);
+        assert_eq!(run.settings.node_id, Some(3));
+        assert_eq!(run.settings.bootstrap, Some(vec!["1=a:1".to_string(), "3=c:3".to_string()]));
+        assert_eq!(run.settings.snapshot_every, Some(50));
+        assert_eq!(run.settings.tls_dir, None, "--tls-dir is the global flag");
     }
 
     #[test]
     fn missing_and_invalid_settings_name_themselves() {
-        let err = RawConfig { node_id: None, ..raw() }.validate().unwrap_err();
+        let err = CoordinatorSettings { node_id: None, ..settings() }.validate().unwrap_err();
         assert_eq!(err.to_string(), "missing setting node_id (set it in the config file or as --node-id)");
-        let err = RawConfig { listen: Some("nope".into()), ..raw() }.validate().unwrap_err();
+        let err = CoordinatorSettings { listen: Some("nope".into()), ..settings() }.validate().unwrap_err();
         assert!(err.to_string().starts_with("invalid listen \"nope\""));
-        let err = RawConfig { listen: Some("0.0.0.0:7400".into()), ..raw() }.validate().unwrap_err();
+        let err = CoordinatorSettings { listen: Some("0.0.0.0:7400".into()), ..settings() }.validate().unwrap_err();
         assert!(err.to_string().contains("advertise"));
     }
 
@@ -178,14 +214,14 @@ mod tests {
         assert!(parse_members(vec!["1=a:1,1=b:2".into()]).is_err());
         assert!(parse_members(vec!["x=a:1".into()]).is_err());
         assert!(parse_members(vec!["1=a".into()]).is_err());
-        let err = RawConfig { bootstrap: Some(vec!["2=b:2".into()]), ..raw() }.validate().unwrap_err();
+        let err = CoordinatorSettings { bootstrap: Some(vec!["2=b:2".into()]), ..settings() }.validate().unwrap_err();
         assert!(err.to_string().contains("must include this node"));
     }
 
     #[test]
     fn flags_override_file() {
-        let file = raw();
-        let flags = RawConfig { node_id: Some(7), ..RawConfig::default() };
+        let file = settings();
+        let flags = CoordinatorSettings { node_id: Some(7), ..CoordinatorSettings::default() };
         assert_eq!(flags.or(file).validate().unwrap().node_id, 7);
     }
 }

@@ -50,7 +50,7 @@ pub(crate) fn check_word(what: &'static str, word: &str) -> Result<(), HaproxyEr
 
 /// Commands written to HAProxy in one go, with what each answer looks like.
 #[derive(Debug, Default)]
-pub(crate) struct Batch {
+pub(crate) struct CommandBatch {
     bytes: Vec<u8>,
     /// Per command: the continuation prompts (`"+ "`) HAProxy sends before its answer.
     continuations: Vec<usize>,
@@ -58,9 +58,10 @@ pub(crate) struct Batch {
     current_start: usize,
 }
 
-impl Batch {
-    pub(crate) fn with_capacity(bytes: usize, commands: usize) -> Batch {
-        Batch { bytes: Vec::with_capacity(bytes), continuations: Vec::with_capacity(commands), current_start: 0 }
+impl CommandBatch {
+    /// An empty batch with room for about `bytes` of commands.
+    pub(crate) fn with_capacity(bytes: usize, commands: usize) -> CommandBatch {
+        CommandBatch { bytes: Vec::with_capacity(bytes), continuations: Vec::with_capacity(commands), current_start: 0 }
     }
 
     /// Number of commands in the batch.
@@ -68,6 +69,7 @@ impl Batch {
         self.continuations.len()
     }
 
+    /// Whether the batch holds no command.
     pub(crate) fn is_empty(&self) -> bool {
         self.continuations.is_empty()
     }
@@ -129,12 +131,12 @@ impl Batch {
 }
 
 /// The answers to one batch, in command order.
-pub(crate) struct Answers<'a> {
+pub(crate) struct CommandAnswers<'a> {
     buf: &'a [u8],
     spans: Vec<Range<usize>>,
 }
 
-impl<'a> Answers<'a> {
+impl<'a> CommandAnswers<'a> {
     /// The output of command `i` (without the prompt); empty means success for most commands.
     pub(crate) fn get(&self, i: usize) -> &'a [u8] {
         self.spans.get(i).map_or(&[][..], |span| &self.buf[span.clone()])
@@ -197,7 +199,13 @@ impl Framer {
 /// Where the session's output comes from.
 enum Reader {
     Socket(OwnedReadHalf),
-    Exec { output: ExecOutputStream, stderr: Vec<u8> },
+    Exec {
+        output: ExecOutputStream,
+        stderr: Vec<u8>,
+        /// Where the exec runs, to name it when its output stream fails.
+        docker: DockerHost,
+        container: String,
+    },
 }
 
 impl Reader {
@@ -209,7 +217,7 @@ impl Reader {
                 let n = stream.read_buf(buf).await.map_err(|source| HaproxyError::SocketIo { source })?;
                 Ok(n > 0)
             }
-            Reader::Exec { output, stderr } => loop {
+            Reader::Exec { output, stderr, docker, container } => loop {
                 match output.next().await {
                     None => return Ok(false),
                     Some(Ok(LogOutput::StdErr { message })) => stderr.extend_from_slice(&message),
@@ -218,7 +226,7 @@ impl Reader {
                         return Ok(true);
                     }
                     Some(Ok(LogOutput::StdIn { .. })) => {}
-                    Some(Err(e)) => return Err(HaproxyError::SocketIo { source: std::io::Error::other(e) }),
+                    Some(Err(source)) => return Err(docker.api_error("exec output", container, source).into()),
                 }
             },
         }
@@ -233,7 +241,7 @@ impl Reader {
 }
 
 /// One admin session in interactive mode; batches are pipelined over it round by round.
-pub(crate) struct Session {
+pub(crate) struct AdminSession {
     reader: Reader,
     writer: Pin<Box<dyn AsyncWrite + Send>>,
     buf: Vec<u8>,
@@ -242,26 +250,32 @@ pub(crate) struct Session {
     prompt_pending: bool,
 }
 
-impl Session {
+impl AdminSession {
     /// Connects to the admin socket shared on the host.
-    pub(crate) async fn connect(path: &Path) -> Result<Session, HaproxyError> {
+    pub(crate) async fn connect(path: &Path) -> Result<AdminSession, HaproxyError> {
         let stream =
             UnixStream::connect(path).await.map_err(|source| HaproxyError::Socket { path: path.to_owned(), source })?;
         let (read, write) = stream.into_split();
-        Ok(Session::new(Reader::Socket(read), Box::pin(write)))
+        Ok(AdminSession::new(Reader::Socket(read), Box::pin(write)))
     }
 
     /// Runs `socat` in the container to reach its admin socket at `socket` (the fallback path).
-    pub(crate) async fn exec(docker: &DockerHost, container: &str, socket: &str) -> Result<Session, HaproxyError> {
+    pub(crate) async fn exec(docker: &DockerHost, container: &str, socket: &str) -> Result<AdminSession, HaproxyError> {
         let address = format!("UNIX-CONNECT:{socket}");
         // -t: after stdin closes, wait for HAProxy's last answers instead of socat's 0.5 s.
         let cmd = ["socat", "-t", "30", "stdio", address.as_str()];
         let exec = docker.exec_attached(container, &cmd, true).await?;
-        Ok(Session::new(Reader::Exec { output: exec.output, stderr: Vec::new() }, exec.input))
+        let reader = Reader::Exec {
+            output: exec.output,
+            stderr: Vec::new(),
+            docker: docker.clone(),
+            container: container.to_owned(),
+        };
+        Ok(AdminSession::new(reader, exec.input))
     }
 
-    fn new(reader: Reader, writer: Pin<Box<dyn AsyncWrite + Send>>) -> Session {
-        Session { reader, writer, buf: Vec::new(), framer: Framer::default(), prompt_pending: true }
+    fn new(reader: Reader, writer: Pin<Box<dyn AsyncWrite + Send>>) -> AdminSession {
+        AdminSession { reader, writer, buf: Vec::new(), framer: Framer::default(), prompt_pending: true }
     }
 
     /// Ends the session. Over exec, `quit` lets socat exit at once instead of after its `-t` wait.
@@ -277,13 +291,13 @@ impl Session {
     }
 
     /// Writes the whole batch while reading, and returns once every command is answered.
-    pub(crate) async fn round(&mut self, batch: &Batch) -> Result<Answers<'_>, HaproxyError> {
+    pub(crate) async fn round(&mut self, batch: &CommandBatch) -> Result<CommandAnswers<'_>, HaproxyError> {
         // Answers of earlier rounds are no longer borrowed.
         self.buf.drain(..self.framer.pos);
         self.framer = Framer::default();
         let prompt = std::mem::take(&mut self.prompt_pending);
         let skip = usize::from(prompt);
-        let Session { reader, writer, buf, framer, .. } = self;
+        let AdminSession { reader, writer, buf, framer, .. } = self;
 
         let write = async {
             if prompt {
@@ -330,7 +344,7 @@ impl Session {
         if let Err(source) = written {
             return Err(HaproxyError::SocketIo { source });
         }
-        Ok(Answers { buf: &self.buf, spans })
+        Ok(CommandAnswers { buf: &self.buf, spans })
     }
 }
 
@@ -402,7 +416,7 @@ mod tests {
 
     #[test]
     fn batches_pipeline_commands_and_payloads() {
-        let mut batch = Batch::default();
+        let mut batch = CommandBatch::default();
         batch.push(&[("verb", "show"), ("verb", "map"), ("map", "/m")]).expect("valid");
         batch.begin_payload(&[("verb", "add"), ("verb", "map"), ("version", "@1"), ("map", "/m")]).expect("valid");
         batch.payload_line("a.com", "shard-1").expect("valid");
