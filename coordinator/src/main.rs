@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lbfleet_coordinator::ctl::cli::Cli;
-use lbfleet_coordinator::ctl::cli::Command;
-use lbfleet_coordinator::ctl::cli::CoordinatorCommand;
+use clap::Subcommand;
+use lbfleet_coordinator::ctl::cli::GlobalArgs;
 use lbfleet_coordinator::ctl::cli::PkiCommand;
 use lbfleet_coordinator::ctl::commands;
 use lbfleet_coordinator::daemon::config::CoordinatorSettings;
@@ -15,6 +14,36 @@ use lbfleet_coordinator::pki;
 use lbfleet_proto::process::EXIT_CONFIG;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
+
+/// Control plane for HAProxy fleets: bind FQDNs to shards, manage topology, inspect status.
+#[derive(Debug, Parser)]
+#[command(name = "lbfleet", version)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// lbfleet's commands: the local ones, then those that talk to the coordinator group.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificates for a development or test deployment.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Runs a coordinator node.
+    #[command(subcommand)]
+    Coordinator(CoordinatorCommand),
+    #[command(flatten)]
+    Client(lbfleet_coordinator::ctl::cli::Command),
+}
+
+/// `lbfleet coordinator ...`
+#[derive(Debug, Subcommand)]
+enum CoordinatorCommand {
+    /// Runs a coordinator node until SIGINT/SIGTERM.
+    Run(CoordinatorSettings),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,7 +71,7 @@ fn main() -> ExitCode {
             };
             runtime.block_on(server::run(config))
         }
-        command => runtime.block_on(commands::run(&cli.global, command)),
+        Command::Client(command) => runtime.block_on(commands::run(&cli.global, command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod digest;
 pub mod fqdn;
 pub mod identity;
 pub mod map_diff;
+pub mod members;
 pub mod process;
 pub mod tls;
 pub mod transport;

@@ -1,22 +1,10 @@
-//! The `lbfleet` command line; doc comments are the help text.
+//! The `lbfleet` client commands and their flags; doc comments are the help text. The binary
+//! (`main.rs`) adds the commands that run locally (`coordinator run`, `pki`).
 
 use std::path::PathBuf;
 
 use clap::Args;
-use clap::Parser;
 use clap::Subcommand;
-
-use crate::daemon::config::CoordinatorSettings;
-
-/// Control plane for HAProxy fleets: bind FQDNs to shards, manage topology, inspect status.
-#[derive(Debug, Parser)]
-#[command(name = "lbfleet", version)]
-pub struct Cli {
-    #[command(flatten)]
-    pub global: GlobalArgs,
-    #[command(subcommand)]
-    pub command: Command,
-}
 
 /// Flags every client command takes.
 #[derive(Debug, Args)]
@@ -38,15 +26,9 @@ pub struct GlobalArgs {
     pub timeout: f64,
 }
 
-/// lbfleet's commands.
+/// The commands that talk to the coordinator group.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Certificates for a development or test deployment.
-    #[command(subcommand)]
-    Pki(PkiCommand),
-    /// Runs a coordinator node.
-    #[command(subcommand)]
-    Coordinator(CoordinatorCommand),
     /// Lists the Raft members, or adds/removes one.
     Members {
         #[command(subcommand)]
@@ -118,13 +100,6 @@ pub enum PkiCommand {
         #[arg(long, num_args = 1..)]
         admin: Vec<String>,
     },
-}
-
-/// `lbfleet coordinator ...`
-#[derive(Debug, Subcommand)]
-pub enum CoordinatorCommand {
-    /// Runs a coordinator node until SIGINT/SIGTERM.
-    Run(CoordinatorSettings),
 }
 
 /// `lbfleet members add|remove`

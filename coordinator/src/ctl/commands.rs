@@ -84,7 +84,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Members { change: None } => output::members(json, &client.status().await?),
         Command::Members { change: Some(MembersCommand::Add { member }) } => {
-            let members = crate::daemon::config::parse_members(vec![member])?;
+            let members = lbfleet_proto::members::parse_members("member", &[member])?;
             let (id, address) = members.into_iter().next().ok_or_else(|| anyhow::anyhow!("expected ID=ADDR"))?;
             let change = pb::change_membership_request::Change::Add(pb::MemberAddress { id, address });
             output::members(json, &client.change_membership(change).await?);
@@ -93,7 +93,6 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             let change = pb::change_membership_request::Change::Remove(id);
             output::members(json, &client.change_membership(change).await?);
         }
-        Command::Pki(_) | Command::Coordinator(_) => unreachable!("local commands are handled before connecting"),
     }
     Ok(())
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use lbfleet_proto::members::check_address;
+use lbfleet_proto::members::parse_members;
 use lbfleet_proto::process::merge_settings;
 pub use lbfleet_proto::process::ConfigError;
 use serde::Deserialize;
@@ -87,7 +89,7 @@ impl CoordinatorSettings {
         if let Some(address) = &advertise {
             check_address("advertise", address)?;
         }
-        let bootstrap = parse_members(self.bootstrap.unwrap_or_default())?;
+        let bootstrap = parse_members("bootstrap", &self.bootstrap.unwrap_or_default())?;
         if !bootstrap.is_empty() && !bootstrap.contains_key(&node_id) {
             return Err(ConfigError::Invalid {
                 field: "bootstrap",
@@ -106,35 +108,6 @@ impl CoordinatorSettings {
             keep_logs_behind_snapshot: self.keep_logs_behind_snapshot.unwrap_or(1_000),
         })
     }
-}
-
-/// Parses `ID=ADDR` items (each may itself be a comma-separated list).
-pub fn parse_members(items: Vec<String>) -> Result<BTreeMap<NodeId, String>, ConfigError> {
-    let mut members = BTreeMap::new();
-    for item in items.iter().flat_map(|i| i.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
-        let invalid = |reason: &str| ConfigError::Invalid {
-            field: "bootstrap",
-            value: item.to_string(),
-            reason: reason.to_string(),
-        };
-        let (id, address) = item.split_once('=').ok_or_else(|| invalid("expected ID=ADDR"))?;
-        let id: NodeId = id.trim().parse().map_err(|_| invalid("the ID must be a number"))?;
-        check_address("bootstrap", address.trim())?;
-        if members.insert(id, address.trim().to_string()).is_some() {
-            return Err(invalid("the same ID is listed twice"));
-        }
-    }
-    Ok(members)
-}
-
-fn check_address(field: &'static str, address: &str) -> Result<(), ConfigError> {
-    let ok = address
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if !ok || address.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(ConfigError::Invalid { field, value: address.into(), reason: "expected HOST:PORT".into() });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -208,12 +181,12 @@ mod tests {
 
     #[test]
     fn bootstrap_members_parse() {
-        let members = parse_members(vec!["1=a:1,2=b:2".into(), "3=c:3".into()]).unwrap();
+        let members = parse_members("bootstrap", &["1=a:1,2=b:2".into(), "3=c:3".into()]).unwrap();
         assert_eq!(members.len(), 3);
         assert_eq!(members[&2], "b:2");
-        assert!(parse_members(vec!["1=a:1,1=b:2".into()]).is_err());
-        assert!(parse_members(vec!["x=a:1".into()]).is_err());
-        assert!(parse_members(vec!["1=a".into()]).is_err());
+        assert!(parse_members("bootstrap", &["1=a:1,1=b:2".into()]).is_err());
+        assert!(parse_members("bootstrap", &["x=a:1".into()]).is_err());
+        assert!(parse_members("bootstrap", &["1=a".into()]).is_err());
         let err = CoordinatorSettings { bootstrap: Some(vec!["2=b:2".into()]), ..settings() }.validate().unwrap_err();
         assert!(err.to_string().contains("must include this node"));
     }
