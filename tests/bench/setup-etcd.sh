@@ -42,4 +42,5 @@ for pid in $(pgrep -x etcd || true); do
     fi
 done
 
-etcd --version | head -n 1
+# sed reads to the end: head would close the pipe early and fail the script under pipefail.
+etcd --version | sed -n 1p
