@@ -341,6 +341,7 @@ mod tests {
     use rcgen::DnType;
     use rcgen::ExtendedKeyUsagePurpose;
     use rcgen::IsCa;
+    use rcgen::Issuer;
     use rcgen::KeyPair;
 
     use super::*;
@@ -363,10 +364,7 @@ mod tests {
         }
     }
 
-    struct Ca {
-        cert: rcgen::Certificate,
-        key: KeyPair,
-    }
+    type Ca = Issuer<'static, KeyPair>;
 
     fn ca(dir: &Path, cn: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -376,7 +374,7 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         fs::write(dir.join(CA_CERT_FILE), cert.pem()).unwrap();
         fs::write(dir.join(CA_KEY_FILE), key.serialize_pem()).unwrap();
-        Ca { cert, key }
+        Issuer::new(params, key)
     }
 
     /// Writes `<stem>.pem`/`<stem>.key` for a certificate with common name `cn`, signed by `ca`.
@@ -389,7 +387,7 @@ mod tests {
         params.not_before = SystemTime::now().into();
         params.not_after = (SystemTime::now() + Duration::from_secs(3600)).into();
         let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
         fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
         fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
     }
