@@ -33,6 +33,11 @@ impl MapDigest {
     }
 }
 
+/// Writes a raw digest as 16 hex digits, the form operators compare by eye.
+pub(crate) fn serialize_hex<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{value:016x}"))
+}
+
 fn entry_hash(fqdn: &str, backend: &str) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;

@@ -19,3 +19,24 @@ pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("lbfleet.v1");
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::pb;
+
+    #[test]
+    fn messages_serialize_under_their_protobuf_names() {
+        let command = pb::Command {
+            kind: Some(pb::command::Kind::CreateCluster(pb::CreateCluster {
+                name: "eu".into(),
+                haproxy_container: String::new(),
+            })),
+        };
+        let expected = json!({"kind": {"create_cluster": {"name": "eu", "haproxy_container": ""}}});
+        assert_eq!(serde_json::to_value(command).unwrap(), expected);
+        let hello = pb::Hello { host_id: "lb-a".into(), map_digest: u64::MAX, ..Default::default() };
+        assert_eq!(serde_json::to_value(hello).unwrap()["map_digest"], "ffffffffffffffff");
+    }
+}
