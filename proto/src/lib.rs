@@ -5,6 +5,7 @@
 pub mod digest;
 pub mod fqdn;
 pub mod identity;
+mod pb_impl;
 pub mod process;
 pub mod tls;
 
@@ -28,12 +29,8 @@ mod tests {
 
     #[test]
     fn messages_serialize_under_their_protobuf_names() {
-        let command = pb::Command {
-            kind: Some(pb::command::Kind::CreateCluster(pb::CreateCluster {
-                name: "eu".into(),
-                haproxy_container: String::new(),
-            })),
-        };
+        let create = pb::CreateCluster { name: "eu".into(), haproxy_container: String::new() };
+        let command: pb::Command = pb::command::Kind::CreateCluster(create).into();
         let expected = json!({"kind": {"create_cluster": {"name": "eu", "haproxy_container": ""}}});
         assert_eq!(serde_json::to_value(command).unwrap(), expected);
         let hello = pb::Hello { host_id: "lb-a".into(), map_digest: u64::MAX, ..Default::default() };
