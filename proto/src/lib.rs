@@ -5,6 +5,7 @@
 pub mod digest;
 pub mod fqdn;
 pub mod identity;
+pub mod names;
 mod pb_impl;
 pub mod process;
 pub mod tls;

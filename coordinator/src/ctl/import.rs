@@ -5,6 +5,7 @@ use std::path::Path;
 
 use indicatif::ProgressBar;
 use indicatif::ProgressStyle;
+use lbfleet_proto::names;
 use lbfleet_proto::pb;
 use lbfleet_proto::Fqdn;
 use serde::Serialize;
@@ -64,7 +65,7 @@ pub fn parse_map(text: &str) -> ParsedMap {
             skip(format!("expected `<fqdn> shard-<name>`, found {} fields", fields.len()));
             continue;
         };
-        let Some(shard) = backend.strip_prefix("shard-").filter(|s| !s.is_empty()) else {
+        let Some(shard) = names::shard_of_lb_backend(backend) else {
             skip(format!("backend {backend:?} is not of the form shard-<name>"));
             continue;
         };

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use lbfleet_proto::names;
 use lbfleet_proto::pb;
 use serde::Serialize;
 
@@ -97,7 +98,7 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
             })
             .collect();
         let mark = if marks.is_empty() { String::new() } else { format!("   <-- {}", marks.join("; ")) };
-        println!("  {} shard-{}{mark}", binding.fqdn, binding.shard);
+        println!("  {} {}{mark}", binding.fqdn, names::lb_backend(&binding.shard));
     }
     for host in &reply.hosts {
         for extra in host.differences.iter().filter(|d| d.desired_backend.is_empty()) {
@@ -127,7 +128,7 @@ impl<'a> LbShowJson<'a> {
         let desired_map = view
             .bindings
             .iter()
-            .map(|binding| pb::MapEntry { fqdn: binding.fqdn.clone(), backend: format!("shard-{}", binding.shard) })
+            .map(|binding| pb::MapEntry { fqdn: binding.fqdn.clone(), backend: names::lb_backend(&binding.shard) })
             .collect();
         LbShowJson {
             version: view.version,

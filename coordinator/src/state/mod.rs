@@ -164,7 +164,7 @@ impl State {
         if self.shards.contains_key(name) {
             return Err(already_exists(ObjectKind::Shard, name));
         }
-        let lb_backend = format!("shard-{name}");
+        let lb_backend = lbfleet_proto::names::lb_backend(name);
         let shard = Shard { name: name.to_string(), cluster: cluster.to_string(), lb_backend: lb_backend.clone() };
         self.shards.insert(name.to_string(), shard);
         Ok(Response::ShardCreated { name: name.to_string(), lb_backend })
