@@ -33,6 +33,7 @@ use rcgen::KeyUsagePurpose;
 use rcgen::PublicKeyData;
 use thiserror::Error;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
 use x509_parser::pem::Pem;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -171,18 +172,24 @@ pub enum PkiError {
     /// An existing certificate fails the checks its users will make.
     #[error(transparent)]
     Existing(#[from] TlsError),
-    /// A certificate file holds no parsable certificate.
-    #[error("{} holds no valid PEM certificate", path.display())]
-    BadCertificate { path: PathBuf },
+    /// A certificate file holds no PEM certificate block.
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    /// A certificate file's PEM block is not a valid X.509 certificate.
+    #[error("{} holds no valid certificate: {source}", path.display())]
+    BadCertificate { path: PathBuf, source: X509Error },
     /// A key file holds no key rcgen can use.
     #[error("{} holds no usable private key: {source}", path.display())]
     BadKey { path: PathBuf, source: rcgen::Error },
     /// A key file does not belong to the certificate next to it.
     #[error("{} is not the private key of {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
-    /// `ca.pem` cannot serve as an issuer.
-    #[error("{} cannot be used as the CA: {reason}", path.display())]
-    BadCa { path: PathBuf, reason: String },
+    /// `ca.pem` is a certificate, but not one that may issue others.
+    #[error("{} cannot be used as the CA: it is not a CA certificate", path.display())]
+    NotCa { path: PathBuf },
+    /// rcgen cannot read `ca.pem` as an issuer.
+    #[error("{} cannot be used as the CA: {source}", path.display())]
+    BadCa { path: PathBuf, source: rcgen::Error },
     /// rcgen failed to build a certificate.
     #[error("cannot generate the certificate of {subject}: {source}")]
     Generate { subject: String, source: rcgen::Error },
@@ -205,17 +212,16 @@ fn new_authority() -> Result<CertifiedIssuer<'static, KeyPair>, PkiError> {
 fn load_authority(cert_path: &Path, key_path: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let cert_pem = read_string(cert_path)?;
     let key = read_key(key_path)?;
-    let bad_ca = |reason: String| PkiError::BadCa { path: cert_path.to_path_buf(), reason };
     let (public_key, is_ca) = inspect_certificate(cert_path, &cert_pem, |cert| (public_key(cert), cert.is_ca()))?;
     // rcgen would sign with any certificate; a leaf mistaken for the CA must not issue.
     if !is_ca {
-        return Err(bad_ca("it is not a CA certificate".to_string()));
+        return Err(PkiError::NotCa { path: cert_path.to_path_buf() });
     }
     if public_key != key.subject_public_key_info() {
         return Err(PkiError::KeyMismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() });
     }
     // Subject and key identifier come from ca.pem itself, so new certificates chain to the CA clients trust.
-    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|error| bad_ca(error.to_string()))
+    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| PkiError::BadCa { path: cert_path.to_path_buf(), source })
 }
 
 fn leaf_params(identity: &Identity) -> Result<CertificateParams, rcgen::Error> {
@@ -272,12 +278,13 @@ fn check_key_matches(cert_path: &Path, key_path: &Path) -> Result<(), PkiError> 
 
 /// Applies `f` to the first certificate in `pem`.
 fn inspect_certificate<T>(path: &Path, pem: &str, f: impl FnOnce(&X509Certificate<'_>) -> T) -> Result<T, PkiError> {
-    let bad = || PkiError::BadCertificate { path: path.to_path_buf() };
     let block = Pem::iter_from_buffer(pem.as_bytes())
         .map_while(Result::ok)
         .find(|block| block.label == "CERTIFICATE")
-        .ok_or_else(bad)?;
-    let cert = block.parse_x509().map_err(|_| bad())?;
+        .ok_or_else(|| PkiError::NoCertificate { path: path.to_path_buf() })?;
+    let cert = block
+        .parse_x509()
+        .map_err(|error| PkiError::BadCertificate { path: path.to_path_buf(), source: error.into() })?;
     Ok(f(&cert))
 }
 

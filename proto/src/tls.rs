@@ -15,6 +15,7 @@ use tonic::transport::Certificate;
 use tonic::transport::ClientTlsConfig;
 use tonic::transport::ServerTlsConfig;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::pem::Pem;
@@ -203,8 +204,8 @@ pub enum TlsError {
     #[error("{} holds no PEM {expected}", path.display())]
     NotPem { path: PathBuf, expected: &'static str },
     /// A certificate file does not hold a parsable X.509 certificate.
-    #[error("{} is not a valid X.509 certificate: {reason}", path.display())]
-    BadCertificate { path: PathBuf, reason: String },
+    #[error("{} is not a valid X.509 certificate: {source}", path.display())]
+    BadCertificate { path: PathBuf, source: X509Error },
     /// A name asked for is not a valid identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -296,7 +297,7 @@ fn pem_block(path: &Path, pem: &[u8], kind: PemKind) -> Result<Vec<u8>, TlsError
 fn parse_cert<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, TlsError> {
     X509Certificate::from_der(der)
         .map(|(_, cert)| cert)
-        .map_err(|error| TlsError::BadCertificate { path: path.to_path_buf(), reason: error.to_string() })
+        .map_err(|error| TlsError::BadCertificate { path: path.to_path_buf(), source: error.into() })
 }
 
 /// Whether `cert` names `ca` as its issuer, by subject and, when both carry one, by key identifier.
