@@ -26,11 +26,6 @@ impl MapDigest {
     pub fn value(self) -> u64 {
         self.0
     }
-
-    /// Rebuilds a digest from its raw value.
-    pub fn from_value(value: u64) -> MapDigest {
-        MapDigest(value)
-    }
 }
 
 /// Writes a raw digest as 16 hex digits, the form operators compare by eye.
