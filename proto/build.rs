@@ -6,6 +6,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // The CLI prints replies as JSON under their protobuf field names.
+        .type_attribute(".lbfleet.v1", "#[derive(serde::Serialize)]")
+        // Oneof variants then read as their protobuf field names too (`create_cluster`, not `CreateCluster`).
+        .enum_attribute(".lbfleet.v1", "#[serde(rename_all = \"snake_case\")]")
+        // Digests are 64-bit hashes: as JSON numbers, readers that parse doubles (jq, JavaScript) would round them.
+        .field_attribute(".lbfleet.v1.Hello.map_digest", DIGEST_AS_HEX)
+        .field_attribute(".lbfleet.v1.AgentReport.map_digest", DIGEST_AS_HEX)
+        .compile_fds(descriptors)?;
     Ok(())
 }
+
+const DIGEST_AS_HEX: &str = "#[serde(serialize_with = \"crate::digest::serialize_hex\")]";

@@ -21,15 +21,19 @@ use lbfleet_proto::tls::SERVER_NAME;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
 use rcgen::BasicConstraints;
-use rcgen::Certificate;
 use rcgen::CertificateParams;
+use rcgen::CertifiedIssuer;
 use rcgen::DistinguishedName;
 use rcgen::DnType;
 use rcgen::ExtendedKeyUsagePurpose;
 use rcgen::IsCa;
+use rcgen::Issuer;
 use rcgen::KeyPair;
 use rcgen::KeyUsagePurpose;
+use rcgen::PublicKeyData;
 use thiserror::Error;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
 use x509_parser::pem::Pem;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -96,20 +100,24 @@ pub fn init(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError
     let created_ca = if new_ca {
         create_dir(dir)?;
         let ca = new_authority()?;
-        write_pair(&ca_cert, &ca.cert.pem(), &ca_key, &ca.key.serialize_pem())?;
+        write_pair(&ca_cert, &ca.pem(), &ca_key, &ca.key().serialize_pem())?;
         Some(ca)
     } else {
         None
     };
     if !missing.is_empty() {
-        let ca = match created_ca {
+        let loaded_ca;
+        let ca: &Issuer<'_, KeyPair> = match &created_ca {
             Some(ca) => ca,
-            None => load_authority(&ca_cert, &ca_key)?,
+            None => {
+                loaded_ca = load_authority(&ca_cert, &ca_key)?;
+                &loaded_ca
+            }
         };
         for identity in &missing {
             let key = KeyPair::generate().map_err(|source| generate_error(identity, source))?;
             let cert = leaf_params(identity)
-                .and_then(|params| params.signed_by(&key, &ca.cert, &ca.key))
+                .and_then(|params| params.signed_by(&key, ca))
                 .map_err(|source| generate_error(identity, source))?;
             write_pair(&tls.cert_path(identity), &cert.pem(), &tls.key_path(identity), &key.serialize_pem())?;
         }
@@ -164,30 +172,31 @@ pub enum PkiError {
     /// An existing certificate fails the checks its users will make.
     #[error(transparent)]
     Existing(#[from] TlsError),
-    /// A certificate file holds no parsable certificate.
-    #[error("{} holds no valid PEM certificate", path.display())]
-    BadCertificate { path: PathBuf },
+    /// A certificate file holds no PEM certificate block.
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    /// A certificate file's PEM block is not a valid X.509 certificate.
+    #[error("{} holds no valid certificate: {source}", path.display())]
+    BadCertificate { path: PathBuf, source: X509Error },
     /// A key file holds no key rcgen can use.
     #[error("{} holds no usable private key: {source}", path.display())]
     BadKey { path: PathBuf, source: rcgen::Error },
     /// A key file does not belong to the certificate next to it.
     #[error("{} is not the private key of {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
-    /// `ca.pem` cannot serve as an issuer.
-    #[error("{} cannot be used as the CA: {reason}", path.display())]
-    BadCa { path: PathBuf, reason: String },
+    /// `ca.pem` is a certificate, but not one that may issue others.
+    #[error("{} cannot be used as the CA: it is not a CA certificate", path.display())]
+    NotCa { path: PathBuf },
+    /// rcgen cannot read `ca.pem` as an issuer.
+    #[error("{} cannot be used as the CA: {source}", path.display())]
+    BadCa { path: PathBuf, source: rcgen::Error },
     /// rcgen failed to build a certificate.
     #[error("cannot generate the certificate of {subject}: {source}")]
     Generate { subject: String, source: rcgen::Error },
 }
 
-/// An issuer: the CA certificate as rcgen needs it, and its key.
-struct Authority {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-fn new_authority() -> Result<Authority, PkiError> {
+/// A new self-signed CA, kept as the issuer of the certificates created in the same run.
+fn new_authority() -> Result<CertifiedIssuer<'static, KeyPair>, PkiError> {
     let generate = |source| PkiError::Generate { subject: CA_COMMON_NAME.to_string(), source };
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -196,24 +205,23 @@ fn new_authority() -> Result<Authority, PkiError> {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, CA_VALIDITY);
     let key = KeyPair::generate().map_err(generate)?;
-    let cert = params.self_signed(&key).map_err(generate)?;
-    Ok(Authority { cert, key })
+    CertifiedIssuer::self_signed(params, key).map_err(generate)
 }
 
-fn load_authority(cert_path: &Path, key_path: &Path) -> Result<Authority, PkiError> {
+/// The CA of an earlier run, read back from `ca.pem` and `ca.key`.
+fn load_authority(cert_path: &Path, key_path: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let cert_pem = read_string(cert_path)?;
     let key = read_key(key_path)?;
-    let bad_ca = |reason: String| PkiError::BadCa { path: cert_path.to_path_buf(), reason };
-    let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|error| bad_ca(error.to_string()))?;
-    if !matches!(params.is_ca, IsCa::Ca(_)) {
-        return Err(bad_ca("it is not a CA certificate".to_string()));
+    let (public_key, is_ca) = inspect_certificate(cert_path, &cert_pem, |cert| (public_key(cert), cert.is_ca()))?;
+    // rcgen would sign with any certificate; a leaf mistaken for the CA must not issue.
+    if !is_ca {
+        return Err(PkiError::NotCa { path: cert_path.to_path_buf() });
     }
-    if public_key_of(cert_path, &cert_pem)? != key.public_key_der() {
+    if public_key != key.subject_public_key_info() {
         return Err(PkiError::KeyMismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() });
     }
-    // Re-signing gives rcgen an issuer with the same subject and key identifier; it is never written out.
-    let cert = params.self_signed(&key).map_err(|error| bad_ca(error.to_string()))?;
-    Ok(Authority { cert, key })
+    // Subject and key identifier come from ca.pem itself, so new certificates chain to the CA clients trust.
+    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| PkiError::BadCa { path: cert_path.to_path_buf(), source })
 }
 
 fn leaf_params(identity: &Identity) -> Result<CertificateParams, rcgen::Error> {
@@ -262,21 +270,27 @@ fn is_dns_name(name: &str) -> bool {
 fn check_key_matches(cert_path: &Path, key_path: &Path) -> Result<(), PkiError> {
     let cert_pem = read_string(cert_path)?;
     let key = read_key(key_path)?;
-    if public_key_of(cert_path, &cert_pem)? != key.public_key_der() {
+    if inspect_certificate(cert_path, &cert_pem, public_key)? != key.subject_public_key_info() {
         return Err(PkiError::KeyMismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() });
     }
     Ok(())
 }
 
-/// The DER SubjectPublicKeyInfo of the certificate in `pem`.
-fn public_key_of(path: &Path, pem: &str) -> Result<Vec<u8>, PkiError> {
-    let bad = || PkiError::BadCertificate { path: path.to_path_buf() };
+/// Applies `f` to the first certificate in `pem`.
+fn inspect_certificate<T>(path: &Path, pem: &str, f: impl FnOnce(&X509Certificate<'_>) -> T) -> Result<T, PkiError> {
     let block = Pem::iter_from_buffer(pem.as_bytes())
         .map_while(Result::ok)
         .find(|block| block.label == "CERTIFICATE")
-        .ok_or_else(bad)?;
-    let cert = block.parse_x509().map_err(|_| bad())?;
-    Ok(cert.public_key().raw.to_vec())
+        .ok_or_else(|| PkiError::NoCertificate { path: path.to_path_buf() })?;
+    let cert = block
+        .parse_x509()
+        .map_err(|error| PkiError::BadCertificate { path: path.to_path_buf(), source: error.into() })?;
+    Ok(f(&cert))
+}
+
+/// The DER SubjectPublicKeyInfo of `cert`, to compare with a key pair's.
+fn public_key(cert: &X509Certificate<'_>) -> Vec<u8> {
+    cert.public_key().raw.to_vec()
 }
 
 fn read_key(path: &Path) -> Result<KeyPair, PkiError> {

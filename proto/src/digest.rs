@@ -26,11 +26,11 @@ impl MapDigest {
     pub fn value(self) -> u64 {
         self.0
     }
+}
 
-    /// Rebuilds a digest from its raw value.
-    pub fn from_value(value: u64) -> MapDigest {
-        MapDigest(value)
-    }
+/// Writes a raw digest as 16 hex digits, the form operators compare by eye.
+pub(crate) fn serialize_hex<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{value:016x}"))
 }
 
 fn entry_hash(fqdn: &str, backend: &str) -> u64 {

@@ -105,7 +105,7 @@ impl From<Fqdn> for String {
 ///
 /// `input` is the input as given, cut after 256 characters; `at` is a byte offset into it.
 /// Every message is one line: characters that are not printable are escaped.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum FqdnError {
     /// Nothing was given.
     #[error("invalid FQDN: the name is empty")]

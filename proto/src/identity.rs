@@ -8,6 +8,7 @@ use thiserror::Error;
 use tonic::Request;
 use tonic::Status;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
 use x509_parser::prelude::FromDer;
 
 /// The longest name an identity may have, so that it also fits a DNS label.
@@ -91,17 +92,15 @@ impl Identity {
 
     /// The identity named by the subject Common Name of a DER certificate.
     pub fn from_cert_der(der: &[u8]) -> Result<Identity, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|error| IdentityError::BadCertificate { reason: error.to_string() })?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|error| IdentityError::BadCertificate { source: error.into() })?;
         let mut names = cert.subject().iter_common_name();
         let first = names.next().ok_or(IdentityError::NoCommonName)?;
         // Two CNs would let a certificate be read as two identities.
         if names.next().is_some() {
             return Err(IdentityError::SeveralCommonNames);
         }
-        let common_name = first.as_str().map_err(|_| IdentityError::BadCertificate {
-            reason: "the subject common name is not a string".to_string(),
-        })?;
+        let common_name = first.as_str().map_err(|_| IdentityError::CommonNameNotText)?;
         Identity::parse(common_name)
     }
 }
@@ -113,7 +112,7 @@ impl fmt::Display for Identity {
 }
 
 /// Why a name, common name or certificate does not give an identity.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Error)]
 pub enum IdentityError {
     /// The name breaks the naming rules.
     #[error("invalid name {name:?}: {reason}")]
@@ -125,8 +124,14 @@ pub enum IdentityError {
     #[error("certificate common name {common_name:?} is not of the form <role>:<name> (e.g. agent:lb-a)")]
     MalformedCommonName { common_name: String },
     /// The bytes are not an X.509 certificate.
-    #[error("not a valid X.509 certificate: {reason}")]
-    BadCertificate { reason: String },
+    #[error("not a valid X.509 certificate: {source}")]
+    BadCertificate {
+        /// What the parser found wrong.
+        source: X509Error,
+    },
+    /// The subject Common Name is encoded as something other than a string.
+    #[error("the certificate subject's common name is not a string")]
+    CommonNameNotText,
     /// The certificate subject has no Common Name.
     #[error("the certificate subject has no common name")]
     NoCommonName,

@@ -8,6 +8,8 @@ pub mod fqdn;
 pub mod identity;
 pub mod map_diff;
 pub mod members;
+pub mod names;
+mod pb_impl;
 pub mod process;
 pub mod tls;
 pub mod transport;
@@ -22,4 +24,21 @@ pub use identity::Role;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("lbfleet.v1");
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::pb;
+
+    #[test]
+    fn messages_serialize_under_their_protobuf_names() {
+        let create = pb::CreateCluster { name: "eu".into(), haproxy_container: String::new() };
+        let command: pb::Command = pb::command::Kind::CreateCluster(create).into();
+        let expected = json!({"kind": {"create_cluster": {"name": "eu", "haproxy_container": ""}}});
+        assert_eq!(serde_json::to_value(command).unwrap(), expected);
+        let hello = pb::Hello { host_id: "lb-a".into(), map_digest: u64::MAX, ..Default::default() };
+        assert_eq!(serde_json::to_value(hello).unwrap()["map_digest"], "ffffffffffffffff");
+    }
 }

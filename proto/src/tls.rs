@@ -15,6 +15,7 @@ use tonic::transport::Certificate;
 use tonic::transport::ClientTlsConfig;
 use tonic::transport::ServerTlsConfig;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::pem::Pem;
@@ -203,8 +204,8 @@ pub enum TlsError {
     #[error("{} holds no PEM {expected}", path.display())]
     NotPem { path: PathBuf, expected: &'static str },
     /// A certificate file does not hold a parsable X.509 certificate.
-    #[error("{} is not a valid X.509 certificate: {reason}", path.display())]
-    BadCertificate { path: PathBuf, reason: String },
+    #[error("{} is not a valid X.509 certificate: {source}", path.display())]
+    BadCertificate { path: PathBuf, source: X509Error },
     /// A name asked for is not a valid identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -296,7 +297,7 @@ fn pem_block(path: &Path, pem: &[u8], kind: PemKind) -> Result<Vec<u8>, TlsError
 fn parse_cert<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, TlsError> {
     X509Certificate::from_der(der)
         .map(|(_, cert)| cert)
-        .map_err(|error| TlsError::BadCertificate { path: path.to_path_buf(), reason: error.to_string() })
+        .map_err(|error| TlsError::BadCertificate { path: path.to_path_buf(), source: error.into() })
 }
 
 /// Whether `cert` names `ca` as its issuer, by subject and, when both carry one, by key identifier.
@@ -341,6 +342,7 @@ mod tests {
     use rcgen::DnType;
     use rcgen::ExtendedKeyUsagePurpose;
     use rcgen::IsCa;
+    use rcgen::Issuer;
     use rcgen::KeyPair;
 
     use super::*;
@@ -363,10 +365,7 @@ mod tests {
         }
     }
 
-    struct Ca {
-        cert: rcgen::Certificate,
-        key: KeyPair,
-    }
+    type Ca = Issuer<'static, KeyPair>;
 
     fn ca(dir: &Path, cn: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -376,7 +375,7 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         fs::write(dir.join(CA_CERT_FILE), cert.pem()).unwrap();
         fs::write(dir.join(CA_KEY_FILE), key.serialize_pem()).unwrap();
-        Ca { cert, key }
+        Issuer::new(params, key)
     }
 
     /// Writes `<stem>.pem`/`<stem>.key` for a certificate with common name `cn`, signed by `ca`.
@@ -389,7 +388,7 @@ mod tests {
         params.not_before = SystemTime::now().into();
         params.not_after = (SystemTime::now() + Duration::from_secs(3600)).into();
         let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
         fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
         fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
     }

@@ -36,7 +36,7 @@ impl ScriptedAgent {
         let channel = lbfleet_proto::transport::channel(&cluster.address(node), &tls).expect("channel");
         let (out, rx) = mpsc::channel(16);
         let hello = pb::Hello { host_id: host.into(), last_applied_version: version, ..Default::default() };
-        out.send(message(AgentKind::Hello(hello))).await.expect("queue hello");
+        out.send(AgentKind::Hello(hello).into()).await.expect("queue hello");
         let inbound = AgentStreamClient::new(channel).session(ReceiverStream::new(rx)).await?.into_inner();
         Ok(ScriptedAgent { out, inbound })
     }
@@ -66,12 +66,8 @@ impl ScriptedAgent {
     }
 
     async fn send(&self, kind: AgentKind) {
-        self.out.send(message(kind)).await.expect("stream open");
+        self.out.send(kind.into()).await.expect("stream open");
     }
-}
-
-fn message(kind: AgentKind) -> pb::AgentMessage {
-    pb::AgentMessage { kind: Some(kind) }
 }
 
 async fn setup(client: &Client) -> anyhow::Result<()> {

@@ -236,9 +236,8 @@ async fn open_stream(
     host_id: &str,
 ) -> anyhow::Result<Result<pb::CoordinatorMessage, tonic::Status>> {
     let channel = Endpoint::from_shared(format!("https://{endpoint}"))?.tls_config(tls)?.connect().await?;
-    let hello = pb::AgentMessage {
-        kind: Some(AgentKind::Hello(pb::Hello { host_id: host_id.into(), ..pb::Hello::default() })),
-    };
+    let hello: pb::AgentMessage =
+        AgentKind::Hello(pb::Hello { host_id: host_id.into(), ..pb::Hello::default() }).into();
     // The stream stays open after the hello, as an agent's does.
     let outbound = futures::stream::iter([hello]).chain(futures::stream::pending());
     let mut client = AgentStreamClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);

@@ -20,6 +20,7 @@ use lbfleet_agent::haproxy::HaproxyTarget;
 use lbfleet_agent::haproxy::ReloadMode;
 use lbfleet_agent::haproxy::RuntimeChange;
 use lbfleet_agent::haproxy::RuntimeMode;
+use lbfleet_proto::names::lb_backend;
 use lbfleet_tests::docker_lab::docker;
 use lbfleet_tests::docker_lab::docker_available;
 use lbfleet_tests::docker_lab::http_get;
@@ -71,7 +72,7 @@ async fn sorted_map(haproxy: &Haproxy) -> Vec<(String, String)> {
 }
 
 fn big_map(n: usize) -> MapEntries {
-    (0..n).map(|i| (format!("site-{i:07}.example.com"), format!("shard-web-{}", i % 7))).collect()
+    (0..n).map(|i| (format!("site-{i:07}.example.com"), lb_backend(&format!("web-{}", i % 7)))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! What a host's agent should apply: its full desired state, or the delta since a version.
 
+use lbfleet_proto::names;
 use lbfleet_proto::pb;
 
 use crate::raft::state_machine::Applied;
@@ -8,7 +9,7 @@ use crate::state::State;
 
 /// The HAProxy backend of a shard (`shard-NAME`).
 fn backend_of(state: &State, shard: &str) -> String {
-    state.shards.get(shard).map(|s| s.lb_backend.clone()).unwrap_or_else(|| format!("shard-{shard}"))
+    state.shards.get(shard).map(|s| s.lb_backend.clone()).unwrap_or_else(|| names::lb_backend(shard))
 }
 
 /// Everything `haproxy.cfg` is rendered from, for `host`.

@@ -105,7 +105,7 @@ pub fn state_error_to_status(error: StateError) -> Status {
     match error {
         StateError::NotFound { .. } => Status::not_found(message),
         StateError::AlreadyExists { .. } => Status::already_exists(message),
-        StateError::Invalid { .. } => Status::invalid_argument(message),
+        StateError::Invalid { .. } | StateError::Fqdn { .. } => Status::invalid_argument(message),
         StateError::Ambiguous { .. } | StateError::WrongCluster { .. } => Status::failed_precondition(message),
     }
 }

@@ -5,28 +5,38 @@ use std::path::Path;
 
 use indicatif::ProgressBar;
 use indicatif::ProgressStyle;
+use lbfleet_proto::names;
 use lbfleet_proto::pb;
 use lbfleet_proto::Fqdn;
+use serde::Serialize;
 
 use super::client::Client;
 
 /// An entry that was not imported, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SkippedEntry {
     /// Line in the file, when the file itself was the problem.
     pub line: Option<usize>,
+    /// The line as read, or the FQDN the coordinator refused.
     pub entry: String,
+    /// Why it was skipped, for the operator.
     pub reason: String,
 }
 
 /// What an import did in total.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct ImportReport {
+    /// Bindings that did not exist before.
     pub added: u64,
+    /// Bindings that pointed to another shard before.
     pub moved: u64,
+    /// Bindings that were already in place.
     pub unchanged: u64,
+    /// Log entries the import took.
     pub batches: u64,
+    /// The state's version after the last batch.
     pub version: u64,
+    /// Lines and entries that were not imported.
     pub skipped: Vec<SkippedEntry>,
 }
 
@@ -55,7 +65,7 @@ pub fn parse_map(text: &str) -> ParsedMap {
             skip(format!("expected `<fqdn> shard-<name>`, found {} fields", fields.len()));
             continue;
         };
-        let Some(shard) = backend.strip_prefix("shard-").filter(|s| !s.is_empty()) else {
+        let Some(shard) = names::shard_of_lb_backend(backend) else {
             skip(format!("backend {backend:?} is not of the form shard-<name>"));
             continue;
         };

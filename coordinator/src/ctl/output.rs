@@ -2,45 +2,33 @@
 
 use std::path::Path;
 
+use lbfleet_proto::names;
 use lbfleet_proto::pb;
-use serde_json::json;
-use serde_json::Value;
+use serde::Serialize;
 
 use super::import::ImportReport;
 
-fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+fn print_json(value: &impl Serialize) {
+    // Only maps with non-string keys fail to serialize, and nothing printed here has one.
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("cannot print the reply as JSON: {error}"),
+    }
 }
 
 /// A committed write: the operator's line and the version that carries it.
 pub fn write_reply(json: bool, reply: &pb::WriteReply) {
     if json {
-        print_json(
-            &json!({"version": reply.version, "message": reply.message, "batch": reply.batch.as_ref().map(batch_json)}),
-        );
+        print_json(reply);
     } else {
         println!("{} (version {})", reply.message, reply.version);
     }
 }
 
-fn batch_json(batch: &pb::BatchSummary) -> Value {
-    json!({
-        "added": batch.added,
-        "moved": batch.moved,
-        "unchanged": batch.unchanged,
-        "skipped": batch.skipped.iter().map(|s| json!({"fqdn": s.fqdn, "reason": s.reason})).collect::<Vec<_>>(),
-    })
-}
-
 /// `cluster list`.
 pub fn cluster_list(json: bool, list: &pb::ClusterList) {
     if json {
-        let clusters: Vec<Value> = list
-            .clusters
-            .iter()
-            .map(|c| json!({"name": c.name, "hosts": c.hosts, "shards": c.shards, "nodes": c.nodes, "bindings": c.bindings}))
-            .collect();
-        return print_json(&json!({"version": list.version, "clusters": clusters}));
+        return print_json(list);
     }
     println!("{:<24} {:>6} {:>6} {:>6} {:>10}", "CLUSTER", "HOSTS", "SHARDS", "NODES", "BINDINGS");
     for c in &list.clusters {
@@ -54,32 +42,7 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
         return;
     };
     if json {
-        let hosts: Vec<Value> = reply
-            .hosts
-            .iter()
-            .map(|h| {
-                json!({
-                    "host": h.host,
-                    "agent": h.agent.as_ref().map(agent_json),
-                    "has_map": h.has_map,
-                    "actual_entries": h.actual_entries,
-                    "differences": h.differences.iter().map(|d| json!({
-                        "fqdn": d.fqdn, "desired": d.desired_backend, "actual": d.actual_backend,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let backend = |shard: &str| format!("shard-{shard}");
-        return print_json(&json!({
-            "version": view.version,
-            "cluster": view.name,
-            "haproxy_container": view.haproxy_container,
-            "map_path": view.map_path,
-            "shards": view.shards.iter().map(|s| json!({"name": s.name, "lb_backend": s.lb_backend})).collect::<Vec<_>>(),
-            "nodes": view.nodes.iter().map(|n| json!({"name": n.name, "shard": n.shard, "host": n.host, "address": n.address, "container": n.container})).collect::<Vec<_>>(),
-            "desired_map": view.bindings.iter().map(|b| json!({"fqdn": b.fqdn, "backend": backend(&b.shard)})).collect::<Vec<_>>(),
-            "hosts": hosts,
-        }));
+        return print_json(&LbShowJson::new(view, &reply.hosts));
     }
     println!("cluster {} at version {} (map {})", view.name, view.version, view.map_path);
     for shard in &view.shards {
@@ -135,7 +98,7 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
             })
             .collect();
         let mark = if marks.is_empty() { String::new() } else { format!("   <-- {}", marks.join("; ")) };
-        println!("  {} shard-{}{mark}", binding.fqdn, binding.shard);
+        println!("  {} {}{mark}", binding.fqdn, names::lb_backend(&binding.shard));
     }
     for host in &reply.hosts {
         for extra in host.differences.iter().filter(|d| d.desired_backend.is_empty()) {
@@ -147,6 +110,50 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
     }
 }
 
+/// `lb show --json`: the cluster's view with the map HAProxy should hold spelled out as backends.
+#[derive(Serialize)]
+struct LbShowJson<'a> {
+    version: u64,
+    cluster: &'a str,
+    haproxy_container: &'a str,
+    map_path: &'a str,
+    shards: &'a [pb::ShardView],
+    nodes: &'a [pb::NodeView],
+    desired_map: Vec<pb::MapEntry>,
+    hosts: &'a [pb::HostLbState],
+}
+
+impl<'a> LbShowJson<'a> {
+    fn new(view: &'a pb::ClusterView, hosts: &'a [pb::HostLbState]) -> LbShowJson<'a> {
+        let desired_map = view
+            .bindings
+            .iter()
+            .map(|binding| pb::MapEntry { fqdn: binding.fqdn.clone(), backend: names::lb_backend(&binding.shard) })
+            .collect();
+        LbShowJson {
+            version: view.version,
+            cluster: &view.name,
+            haproxy_container: &view.haproxy_container,
+            map_path: &view.map_path,
+            shards: &view.shards,
+            nodes: &view.nodes,
+            desired_map,
+            hosts,
+        }
+    }
+}
+
+/// `bind --wait --json`: the write, then whether and when every LB host applied it.
+#[derive(Serialize)]
+struct WriteAndWaitJson<'a> {
+    version: u64,
+    message: &'a str,
+    cluster: &'a str,
+    live: bool,
+    elapsed_ms: f64,
+    hosts: &'a [pb::HostProgress],
+}
+
 /// A `bind --wait` / `unbind --wait` result.
 pub fn write_and_wait(
     json: bool,
@@ -155,18 +162,14 @@ pub fn write_and_wait(
     elapsed: std::time::Duration,
 ) {
     if json {
-        let hosts: Vec<Value> = progress
-            .hosts
-            .iter()
-            .map(|h| {
-                json!({"host": h.host, "connected": h.connected, "acked_version": h.acked_version,
-                "nacked_version": h.nacked_version, "nack_error": h.nack_error})
-            })
-            .collect();
-        return print_json(&json!({
-            "version": reply.version, "message": reply.message, "cluster": reply.cluster,
-            "live": progress.done, "elapsed_ms": elapsed.as_secs_f64() * 1000.0, "hosts": hosts,
-        }));
+        return print_json(&WriteAndWaitJson {
+            version: reply.version,
+            message: &reply.message,
+            cluster: &reply.cluster,
+            live: progress.done,
+            elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+            hosts: &progress.hosts,
+        });
     }
     println!("{} (version {})", reply.message, reply.version);
     if progress.done {
@@ -194,48 +197,62 @@ pub fn laggards(progress: &pb::WaitAppliedReply, version: u64) -> String {
     format!("lagging hosts: {}", lagging.join(", "))
 }
 
-fn agent_json(agent: &pb::AgentStatus) -> Value {
-    let report = agent.report.as_ref().map(|r| {
-        json!({
-            "applied_version": r.applied_version,
-            "map_entries": r.map_entries,
-            "map_digest": format!("{:016x}", r.map_digest),
-            "runtime_path": r.runtime_path,
-            "docker_reachable": r.docker_reachable,
-            "container": r.container.as_ref().map(|c| json!({"name": c.name, "found": c.found, "running": c.running, "started_at": c.started_at})),
-            "servers": r.servers.iter().map(|s| json!({"backend": s.backend, "server": s.server, "status": s.status, "check": s.check})).collect::<Vec<_>>(),
-            "last_drift": r.last_drift.as_ref().map(|d| json!({"missing": d.missing, "wrong": d.wrong, "extra": d.extra,
-                "duplicates": d.duplicates, "found_at_unix_ms": d.found_at_unix_ms, "examples": d.examples, "repaired": d.repaired})),
-            "drift_repairs": r.drift_repairs,
-            "error": r.error,
-        })
-    });
-    json!({
-        "host": agent.host, "cluster": agent.cluster, "connected": agent.connected,
-        "acked_version": agent.acked_version, "lag": agent.lag,
-        "nacked_version": agent.nacked_version, "nack_error": agent.nack_error,
-        "last_seen_ms_ago": agent.last_seen_ms_ago, "served_by": agent.served_by, "report": report,
-    })
+/// `status --json`: the answering node's view of the leader, each member's own Raft view, and the agents.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    leader: Option<u64>,
+    leader_address: &'a str,
+    term: u64,
+    nodes: Vec<NodeJson<'a>>,
+    agents: &'a [pb::AgentStatus],
+}
+
+/// One member as it answered for itself, or why it did not.
+#[derive(Serialize)]
+struct NodeJson<'a> {
+    id: u64,
+    reachable: bool,
+    #[serde(flatten)]
+    view: NodeView<'a>,
+}
+
+/// The Raft figures of a member that answered, or the error of one that did not.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum NodeView<'a> {
+    Reachable { state: &'a str, term: u64, last_log_index: u64, committed_index: u64, applied_index: u64 },
+    Unreachable { error: String },
 }
 
 /// `status`: this node's Raft view, and each member's own.
 pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::StatusReply, String>)]) {
     if json {
-        let nodes: Vec<Value> = members
+        let nodes = members
             .iter()
             .map(|(id, view)| match view {
-                Ok(s) => json!({"id": id, "reachable": true, "state": s.state, "term": s.term,
-                    "last_log_index": s.last_log_index, "committed_index": s.committed_index, "applied_index": s.applied_index}),
-                Err(error) => json!({"id": id, "reachable": false, "error": error}),
+                Ok(s) => NodeJson {
+                    id: *id,
+                    reachable: true,
+                    view: NodeView::Reachable {
+                        state: &s.state,
+                        term: s.term,
+                        last_log_index: s.last_log_index,
+                        committed_index: s.committed_index,
+                        applied_index: s.applied_index,
+                    },
+                },
+                Err(error) => {
+                    NodeJson { id: *id, reachable: false, view: NodeView::Unreachable { error: error.to_string() } }
+                }
             })
             .collect();
-        return print_json(&json!({
-            "leader": status.has_leader.then_some(status.current_leader),
-            "leader_address": status.leader_address,
-            "term": status.term,
-            "nodes": nodes,
-            "agents": status.agents.iter().map(agent_json).collect::<Vec<_>>(),
-        }));
+        return print_json(&StatusJson {
+            leader: status.has_leader.then_some(status.current_leader),
+            leader_address: &status.leader_address,
+            term: status.term,
+            nodes,
+            agents: &status.agents,
+        });
     }
     match status.has_leader {
         true => println!("leader: node {} at {} (term {})", status.current_leader, status.leader_address, status.term),
@@ -319,19 +336,45 @@ fn agents(agents: &[pb::AgentStatus]) {
     }
 }
 
+/// `members --json`.
+#[derive(Serialize)]
+struct MembersJson<'a> {
+    members: Vec<MemberJson<'a>>,
+}
+
+/// A member with its role resolved, and its matched index only where the leader knows it.
+#[derive(Serialize)]
+struct MemberJson<'a> {
+    id: u64,
+    address: &'a str,
+    voter: bool,
+    leader: bool,
+    matched_index: Option<u64>,
+}
+
+/// `import --json`: the report, and which file it is about.
+#[derive(Serialize)]
+struct ImportJson<'a> {
+    file: String,
+    #[serde(flatten)]
+    report: &'a ImportReport,
+}
+
 /// `members`: the Raft membership as the answering node sees it.
 pub fn members(json: bool, status: &pb::StatusReply) {
     if json {
-        let members: Vec<Value> = status
+        let members = status
             .members
             .iter()
-            .map(|m| {
-                json!({"id": m.id, "address": m.address, "voter": m.voter,
-                "leader": status.has_leader && m.id == status.current_leader,
-                "matched_index": m.has_matched.then_some(m.matched_index)})
+            .map(|m| MemberJson {
+                id: m.id,
+                address: &m.address,
+                voter: m.voter,
+                leader: status.has_leader && m.id == status.current_leader,
+                matched_index: m.has_matched.then_some(m.matched_index),
             })
             .collect();
-        return print_json(&json!({"members": members}));
+        return print_json(&MembersJson { members });
     }
     println!("{:<6} {:<22} {:<8} {:>8}", "ID", "ADDRESS", "ROLE", "MATCHED");
     for m in &status.members {
@@ -348,12 +391,7 @@ pub fn members(json: bool, status: &pb::StatusReply) {
 /// `import`: what was added, moved, unchanged and skipped, with the reasons.
 pub fn import_report(json: bool, file: &Path, report: &ImportReport) {
     if json {
-        let skipped: Vec<Value> =
-            report.skipped.iter().map(|s| json!({"line": s.line, "entry": s.entry, "reason": s.reason})).collect();
-        return print_json(&json!({
-            "file": file.display().to_string(), "version": report.version, "batches": report.batches,
-            "added": report.added, "moved": report.moved, "unchanged": report.unchanged, "skipped": skipped,
-        }));
+        return print_json(&ImportJson { file: file.display().to_string(), report });
     }
     println!(
         "imported {}: {} added, {} moved, {} unchanged, {} skipped, in {} batches (version {})",
@@ -374,5 +412,93 @@ pub fn import_report(json: bool, file: &Path, report: &ImportReport) {
     }
     if report.skipped.len() > SHOWN {
         println!("  ... and {} more (use --json for all)", report.skipped.len() - SHOWN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn agent() -> pb::AgentStatus {
+        pb::AgentStatus {
+            host: "lb-a".into(),
+            cluster: "eu".into(),
+            connected: true,
+            acked_version: 7,
+            report: Some(pb::AgentReport {
+                applied_version: 7,
+                map_digest: 0xab,
+                map_entries: 1,
+                ..Default::default()
+            }),
+            has_report: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn agents_keep_protobuf_names_and_hex_digests() {
+        let value = serde_json::to_value(agent()).unwrap();
+        assert_eq!(value["host"], "lb-a");
+        assert_eq!(value["acked_version"], 7);
+        assert_eq!(value["report"]["map_digest"], "00000000000000ab");
+        assert_eq!(value["report"]["container"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn lb_show_spells_out_the_desired_backends() {
+        let view = pb::ClusterView {
+            version: 3,
+            name: "eu".into(),
+            map_path: "/etc/haproxy/maps/fqdn-to-shard.map".into(),
+            shards: vec![pb::ShardView { name: "web".into(), lb_backend: "shard-web".into() }],
+            bindings: vec![pb::BindEntry { fqdn: "example.com".into(), shard: "web".into() }],
+            ..Default::default()
+        };
+        let hosts = vec![pb::HostLbState {
+            host: "lb-a".into(),
+            agent: Some(agent()),
+            has_map: true,
+            differences: vec![pb::MapDifference {
+                fqdn: "example.com".into(),
+                desired_backend: "shard-web".into(),
+                actual_backend: String::new(),
+            }],
+            actual_entries: 0,
+        }];
+        let value = serde_json::to_value(LbShowJson::new(&view, &hosts)).unwrap();
+        assert_eq!(value["cluster"], "eu");
+        assert_eq!(value["version"], 3);
+        assert_eq!(value["desired_map"], json!([{"fqdn": "example.com", "backend": "shard-web"}]));
+        assert_eq!(value["shards"], json!([{"name": "web", "lb_backend": "shard-web"}]));
+        let difference = &value["hosts"][0]["differences"][0];
+        assert_eq!(*difference, json!({"fqdn": "example.com", "desired_backend": "shard-web", "actual_backend": ""}));
+        assert_eq!(value["hosts"][0]["agent"]["report"]["map_digest"], "00000000000000ab");
+    }
+
+    #[test]
+    fn unreachable_members_carry_their_error_only() {
+        let node = NodeJson { id: 2, reachable: false, view: NodeView::Unreachable { error: "refused".into() } };
+        assert_eq!(serde_json::to_value(node).unwrap(), json!({"id": 2, "reachable": false, "error": "refused"}));
+        let view =
+            NodeView::Reachable { state: "Leader", term: 4, last_log_index: 9, committed_index: 9, applied_index: 8 };
+        let node = NodeJson { id: 1, reachable: true, view };
+        assert_eq!(
+            serde_json::to_value(node).unwrap(),
+            json!({"id": 1, "reachable": true, "state": "Leader", "term": 4, "last_log_index": 9,
+                   "committed_index": 9, "applied_index": 8})
+        );
+    }
+
+    #[test]
+    fn import_reports_name_their_file() {
+        let report = ImportReport { added: 2, batches: 1, version: 5, ..Default::default() };
+        let value = serde_json::to_value(ImportJson { file: "map.txt".into(), report: &report }).unwrap();
+        assert_eq!(
+            value,
+            json!({"file": "map.txt", "added": 2, "moved": 0, "unchanged": 0, "batches": 1, "version": 5, "skipped": []})
+        );
     }
 }

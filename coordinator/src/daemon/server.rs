@@ -1,15 +1,19 @@
 //! Starts one coordinator node: sled storage, openraft, and the mTLS gRPC listener.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::transport;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
+use openraft::error::Fatal;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
+use openraft::ConfigError;
 use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -23,6 +27,7 @@ use crate::agents::service::AgentStreamService;
 use crate::api::admin::AdminService;
 use crate::api::forward::Forwarder;
 use crate::raft::durable::DurableDb;
+use crate::raft::durable::OpenError;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::service::RaftService;
@@ -31,28 +36,85 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::raft::Member;
 use crate::raft::NodeId;
 use crate::raft::Raft;
+use crate::raft::StorageError;
 
-/// Why a coordinator could not start.
+/// Why a coordinator could not start or bootstrap.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("TLS: {0}")]
-    Tls(#[from] lbfleet_proto::tls::TlsError),
-    #[error("invalid node identity: {0}")]
-    Identity(#[from] lbfleet_proto::identity::IdentityError),
-    #[error("cannot open data dir {path}: {source}")]
-    Open { path: String, source: crate::raft::durable::OpenError },
-    #[error("cannot open data dir {path}: {source}")]
-    Storage { path: String, source: sled::Error },
-    #[error("cannot open state machine: {0}")]
-    StateMachine(String),
+    /// This node's certificate, its key or the CA cannot be loaded.
+    #[error("TLS: {source}")]
+    Tls {
+        /// What is wrong with the TLS directory.
+        #[from]
+        source: lbfleet_proto::tls::TlsError,
+    },
+    /// The node id does not make a valid certificate identity.
+    #[error("invalid node identity: {source}")]
+    Identity {
+        /// Why the name is refused.
+        #[from]
+        source: lbfleet_proto::identity::IdentityError,
+    },
+    /// The gRPC listener cannot be bound.
     #[error("cannot listen on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
-    #[error("invalid Raft settings: {0}")]
-    RaftConfig(String),
-    #[error("Raft failed to start: {0}")]
-    Raft(String),
-    #[error("TLS listener: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    Listen {
+        /// The address asked for.
+        address: SocketAddr,
+        /// The bind error.
+        source: io::Error,
+    },
+    /// The sled database in the data dir cannot be opened.
+    #[error("cannot open data dir {}: {source}", path.display())]
+    Storage {
+        /// sled's directory.
+        path: PathBuf,
+        /// Why it cannot be opened.
+        source: OpenError,
+    },
+    /// The Raft log stored in the database cannot be read.
+    #[error("cannot open the Raft log in {}: {source}", path.display())]
+    Log {
+        /// sled's directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// The state machine or its snapshot cannot be read back.
+    #[error("cannot open the state machine in {}: {source}", path.display())]
+    StateMachine {
+        /// sled's directory.
+        path: PathBuf,
+        /// openraft's storage error.
+        source: StorageError,
+    },
+    /// openraft refuses the Raft settings.
+    #[error("invalid Raft settings: {source}")]
+    RaftConfig {
+        /// Which setting is wrong.
+        #[from]
+        source: ConfigError,
+    },
+    /// openraft stopped while starting, or while asked whether the storage is initialized.
+    #[error("Raft failed to start: {source}")]
+    RaftStart {
+        /// openraft's fatal error.
+        #[from]
+        source: Fatal<NodeId>,
+    },
+    /// The new cluster could not be initialized with the members given.
+    #[error("cannot bootstrap the cluster: {source}")]
+    Bootstrap {
+        /// openraft's error.
+        #[from]
+        source: RaftError<NodeId, InitializeError<NodeId, Member>>,
+    },
+    /// tonic refuses the server TLS configuration.
+    #[error("TLS listener: {source}")]
+    TlsListener {
+        /// tonic's error.
+        #[from]
+        source: tonic::transport::Error,
+    },
 }
 
 /// A running coordinator node.
@@ -86,12 +148,12 @@ impl Coordinator {
         let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
 
         let sled_path = config.data_dir.join("sled");
-        let db = DurableDb::open(&sled_path)
-            .map_err(|source| StartError::Open { path: sled_path.display().to_string(), source })?;
-        let log_store = LogStore::open(&db)
-            .map_err(|source| StartError::Storage { path: sled_path.display().to_string(), source })?;
+        let db =
+            DurableDb::open(&sled_path).map_err(|source| StartError::Storage { path: sled_path.clone(), source })?;
+        let log_store = LogStore::open(&db).map_err(|source| StartError::Log { path: sled_path.clone(), source })?;
         let committed = log_store.committed_index();
-        let state_machine = StateMachineStore::open(&db).map_err(|e| StartError::StateMachine(e.to_string()))?;
+        let state_machine =
+            StateMachineStore::open(&db).map_err(|source| StartError::StateMachine { path: sled_path, source })?;
         let shared = state_machine.shared();
 
         let raft_config = openraft::Config {
@@ -105,8 +167,7 @@ impl Coordinator {
             snapshot_max_chunk_size: 8 * 1024 * 1024,
             ..Default::default()
         }
-        .validate()
-        .map_err(|e| StartError::RaftConfig(e.to_string()))?;
+        .validate()?;
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -114,8 +175,7 @@ impl Coordinator {
             log_store,
             state_machine,
         )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .await?;
 
         let agents = Arc::new(AgentRegistry::new(config.node_id));
         let admin =
@@ -143,7 +203,7 @@ impl Coordinator {
 
     /// Creates a new cluster with these members, unless this node's storage already belongs to one.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, StartError> {
-        if self.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+        if self.raft.is_initialized().await? {
             info!("storage already initialized; --bootstrap ignored");
             return Ok(false);
         }
@@ -160,7 +220,7 @@ impl Coordinator {
                 info!(%state, "a peer bootstrapped the cluster first; joining it");
                 Ok(false)
             }
-            Err(error) => Err(StartError::Raft(error.to_string())),
+            Err(error) => Err(error.into()),
         }
     }
 

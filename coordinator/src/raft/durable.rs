@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A sled database and a handle on its data file for `fdatasync`.
@@ -20,10 +21,21 @@ pub struct DurableDb {
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("cannot open sled's data file {path}: {source}")]
-    DataFile { path: String, source: io::Error },
+    /// sled refused to open its directory.
+    #[error("sled: {source}")]
+    Sled {
+        /// sled's error.
+        #[from]
+        source: sled::Error,
+    },
+    /// sled's data file cannot be opened for `fdatasync`.
+    #[error("cannot open sled's data file {}: {source}", path.display())]
+    DataFile {
+        /// The data file.
+        path: PathBuf,
+        /// The open error.
+        source: io::Error,
+    },
 }
 
 impl DurableDb {
@@ -31,8 +43,7 @@ impl DurableDb {
     pub fn open(dir: &Path) -> Result<DurableDb, OpenError> {
         let db = sled::Config::new().path(dir).cache_capacity(64 * 1024 * 1024).open()?;
         let path = dir.join("db");
-        let data_file =
-            File::open(&path).map_err(|source| OpenError::DataFile { path: path.display().to_string(), source })?;
+        let data_file = File::open(&path).map_err(|source| OpenError::DataFile { path, source })?;
         Ok(DurableDb { db, data_file: Arc::new(data_file) })
     }
 

@@ -4,7 +4,6 @@
 //! install it starts empty, and agents older than what it covers get the full state.
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::collections::VecDeque;
 
 use lbfleet_proto::Fqdn;
@@ -42,7 +41,6 @@ pub struct ChangeLog {
     topology: VecDeque<(u64, String)>,
     /// Every change with a version >= this is retained.
     covered_from: u64,
-    last_change: HashMap<String, u64>,
     capacity: usize,
 }
 
@@ -55,13 +53,7 @@ impl Default for ChangeLog {
 impl ChangeLog {
     /// An empty log retaining at most `capacity` binding changes.
     pub fn new(capacity: usize) -> ChangeLog {
-        ChangeLog {
-            changes: VecDeque::new(),
-            topology: VecDeque::new(),
-            covered_from: 1,
-            last_change: HashMap::new(),
-            capacity: capacity.max(1),
-        }
+        ChangeLog { changes: VecDeque::new(), topology: VecDeque::new(), covered_from: 1, capacity: capacity.max(1) }
     }
 
     /// Forgets everything: only versions after `version` will be covered.
@@ -112,7 +104,6 @@ impl ChangeLog {
 
     fn push(&mut self, version: u64, cluster: &str, fqdn: Fqdn, shard: Option<String>) {
         self.changes.push_back(Change { version, cluster: cluster.to_string(), fqdn, shard });
-        self.last_change.insert(cluster.to_string(), version);
         while self.changes.len() > self.capacity {
             if let Some(dropped) = self.changes.pop_front() {
                 self.covered_from = self.covered_from.max(dropped.version + 1);
@@ -125,12 +116,6 @@ impl ChangeLog {
 
     fn topology_changed(&mut self, version: u64, cluster: &str) {
         self.topology.push_back((version, cluster.to_string()));
-        self.last_change.insert(cluster.to_string(), version);
-    }
-
-    /// The version of the last change that touched `cluster` (0 if none is known).
-    pub fn last_change(&self, cluster: &str) -> u64 {
-        self.last_change.get(cluster).copied().unwrap_or(0)
     }
 
     /// The net changes to `cluster` after `from_version`, or `None` when the log no longer covers them.
@@ -190,7 +175,6 @@ mod tests {
         assert!(!delta.topology_changed);
         assert!(log.since("c", 0).unwrap().topology_changed);
         assert_eq!(log.since("c", 7).unwrap(), ClusterDelta::default());
-        assert_eq!(log.last_change("c"), 7);
     }
 
     #[test]

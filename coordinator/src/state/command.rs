@@ -3,6 +3,7 @@
 use std::fmt;
 
 use lbfleet_proto::Fqdn;
+use lbfleet_proto::FqdnError;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -104,14 +105,26 @@ impl fmt::Display for ObjectKind {
 /// Why a command was refused. Refused commands still occupy their log index but change nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StateError {
+    /// The command names an object that does not exist.
     #[error("{kind} {name:?} not found")]
     NotFound { kind: ObjectKind, name: String },
+    /// The command creates an object that exists already.
     #[error("{kind} {name:?} already exists")]
     AlreadyExists { kind: ObjectKind, name: String },
+    /// A value breaks a naming or format rule; `reason` says which.
     #[error("invalid {field} {value:?}: {reason}")]
     Invalid { field: String, value: String, reason: String },
+    /// An FQDN that the FQDN rules refuse reached the state machine.
+    #[error(transparent)]
+    Fqdn {
+        /// What is wrong with it.
+        #[from]
+        source: FqdnError,
+    },
+    /// An unbind without a cluster for an FQDN bound in more than one.
     #[error("{fqdn} is bound in several clusters ({}); name one with --cluster", clusters.join(", "))]
     Ambiguous { fqdn: String, clusters: Vec<String> },
+    /// Two objects the command links are in different clusters.
     #[error("{kind} {name:?} belongs to cluster {actual:?}, not {expected:?}")]
     WrongCluster { kind: ObjectKind, name: String, expected: String, actual: String },
 }

@@ -164,7 +164,7 @@ impl State {
         if self.shards.contains_key(name) {
             return Err(already_exists(ObjectKind::Shard, name));
         }
-        let lb_backend = format!("shard-{name}");
+        let lb_backend = lbfleet_proto::names::lb_backend(name);
         let shard = Shard { name: name.to_string(), cluster: cluster.to_string(), lb_backend: lb_backend.clone() };
         self.shards.insert(name.to_string(), shard);
         Ok(Response::ShardCreated { name: name.to_string(), lb_backend })
@@ -254,15 +254,20 @@ impl State {
         self.cluster(cluster)?;
         let mut summary = BatchSummary::default();
         // Shard lookups are answered once per distinct shard, not once per entry.
-        let mut shard_ok: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
+        let mut shard_ok: BTreeMap<&str, Result<(), StateError>> = BTreeMap::new();
         for (fqdn, shard) in entries {
             let verdict = shard_ok.entry(shard.as_str()).or_insert_with(|| match self.shards.get(shard.as_str()) {
-                None => Err(format!("shard {shard:?} not found")),
-                Some(s) if s.cluster != cluster => Err(format!("shard {shard:?} belongs to cluster {:?}", s.cluster)),
+                None => Err(not_found(ObjectKind::Shard, shard)),
+                Some(s) if s.cluster != cluster => Err(StateError::WrongCluster {
+                    kind: ObjectKind::Shard,
+                    name: shard.clone(),
+                    expected: cluster.to_string(),
+                    actual: s.cluster.clone(),
+                }),
                 Some(_) => Ok(()),
             });
-            if let Err(reason) = verdict {
-                summary.skipped.push((fqdn.to_string(), reason.clone()));
+            if let Err(error) = verdict {
+                summary.skipped.push((fqdn.to_string(), error.to_string()));
                 continue;
             }
             let fqdn = match revalidate(fqdn) {
@@ -297,11 +302,7 @@ impl State {
 
 /// Validates an FQDN again inside `apply`: the log must never hold a name the edge would refuse.
 fn revalidate(fqdn: &Fqdn) -> Result<Fqdn, StateError> {
-    let parsed = Fqdn::parse(fqdn.as_str()).map_err(|error| StateError::Invalid {
-        field: "FQDN".into(),
-        value: fqdn.to_string(),
-        reason: error.to_string(),
-    })?;
+    let parsed = Fqdn::parse(fqdn.as_str())?;
     if parsed != *fqdn {
         return Err(StateError::Invalid {
             field: "FQDN".into(),

@@ -1,5 +1,7 @@
 //! Unit tests of `State::apply`, without Raft.
 
+use lbfleet_proto::FqdnError;
+
 use super::*;
 
 fn fqdn(s: &str) -> Fqdn {
@@ -211,4 +213,12 @@ fn group_applies_each_command_on_its_own() {
     assert_eq!(results[1], Err(StateError::NotFound { kind: ObjectKind::Shard, name: "nope".into() }));
     let bound: Vec<&str> = state.clusters["c1"].bindings.keys().map(|f| f.as_str()).collect();
     assert_eq!(bound, ["c.com"]);
+}
+
+#[test]
+fn fqdn_errors_are_passed_on_as_they_read() {
+    let source = Fqdn::parse("bad host.com").unwrap_err();
+    let error = StateError::from(source.clone());
+    assert_eq!(error.to_string(), source.to_string());
+    assert!(matches!(error, StateError::Fqdn { source: FqdnError::Whitespace { .. } }), "{error}");
 }

@@ -24,6 +24,7 @@ use lbfleet_agent::haproxy::RuntimeChange;
 use lbfleet_agent::haproxy::RuntimeMode;
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_coordinator::ctl::import;
+use lbfleet_proto::names::lb_backend;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
 use lbfleet_tests::docker_lab::docker_available;
@@ -43,7 +44,6 @@ use serde::Serialize;
 
 /// The shard every benchmark FQDN is bound to.
 const SHARD: &str = "web-1";
-const BACKEND: &str = "shard-web-1";
 /// The two LB hosts.
 const HOSTS: [&str; 2] = ["lb-a", "lb-b"];
 /// A bind not live on both hosts after this long counts as failed.
@@ -334,6 +334,7 @@ async fn driver(lb: &HaproxyBox, mode: RuntimeMode) -> anyhow::Result<Haproxy> {
 /// The seed's path, as it ran in production: `docker exec <haproxy> sh -c 'echo "..." | socat ...'` per change.
 async fn seed_path(lb: &HaproxyBox, changes: usize, cap: Duration) -> anyhow::Result<SeedPath> {
     let before = lb.map_len().await?;
+    let backend = lb_backend(SHARD);
     let mut samples = Vec::with_capacity(changes);
     let started = Instant::now();
     for i in 0..changes {
@@ -342,7 +343,7 @@ async fn seed_path(lb: &HaproxyBox, changes: usize, cap: Duration) -> anyhow::Re
         }
         // `add map`, not the seed's `set map`, which answers "entry not found." for every new key.
         let script = format!(
-            "echo \"add map {MAP_PATH} seed-{i}.bench.example {BACKEND}\" | socat stdio /var/run/haproxy/admin.sock"
+            "echo \"add map {MAP_PATH} seed-{i}.bench.example {backend}\" | socat stdio /var/run/haproxy/admin.sock"
         );
         let sent = Instant::now();
         let out = tokio::process::Command::new("docker")
@@ -369,9 +370,10 @@ async fn seed_path(lb: &HaproxyBox, changes: usize, cap: Duration) -> anyhow::Re
 
 /// (c) Many changes pipelined in one session, through the shared socket and through the exec fallback.
 async fn apply_rate(socket: &Haproxy, exec: &Haproxy, changes: usize, seed: &SeedPath) -> anyhow::Result<ApplyRate> {
+    let backend = lb_backend(SHARD);
     let adds = |prefix: &str| -> Vec<RuntimeChange> {
         (0..changes)
-            .map(|i| RuntimeChange::Add { fqdn: format!("{prefix}-{i}.bench.example"), backend: BACKEND.into() })
+            .map(|i| RuntimeChange::Add { fqdn: format!("{prefix}-{i}.bench.example"), backend: backend.clone() })
             .collect()
     };
     let batch = adds("pipe");
@@ -389,7 +391,7 @@ async fn apply_rate(socket: &Haproxy, exec: &Haproxy, changes: usize, seed: &See
     // One change per session, as a single bind reaches HAProxy.
     let mut samples = Vec::new();
     for i in 0..1000 {
-        let change = [RuntimeChange::Add { fqdn: format!("one-{i}.bench.example"), backend: BACKEND.into() }];
+        let change = [RuntimeChange::Add { fqdn: format!("one-{i}.bench.example"), backend: backend.clone() }];
         let sent = Instant::now();
         socket.apply_runtime(&change).await?;
         samples.push(sent.elapsed());
@@ -406,7 +408,7 @@ async fn apply_rate(socket: &Haproxy, exec: &Haproxy, changes: usize, seed: &See
 /// (d) What the agent does on a first connect or a large drift: map file, then prepare/add/commit.
 async fn full_resync(socket: &Haproxy, entries: usize) -> anyhow::Result<FullResync> {
     let map: MapEntries =
-        (0..entries).map(|i| (format!("site-{i:07}.example.com"), format!("shard-web-{}", i % 7))).collect();
+        (0..entries).map(|i| (format!("site-{i:07}.example.com"), lb_backend(&format!("web-{}", i % 7)))).collect();
     let started = Instant::now();
     socket.write_map_file(&map).await?;
     let map_file = started.elapsed();
@@ -524,9 +526,10 @@ async fn import_to_live(
     cap: Duration,
 ) -> anyhow::Result<ImportToLive> {
     let file = fleet.lab.dir().join("import.map");
+    let backend = lb_backend(SHARD);
     let mut text = String::with_capacity(fqdns * 40);
     for i in 0..fqdns {
-        text.push_str(&format!("import-{i:07}.bench.example {BACKEND}\n"));
+        text.push_str(&format!("import-{i:07}.bench.example {backend}\n"));
     }
     std::fs::write(&file, text)?;
     let mut expected = Vec::new();

@@ -169,7 +169,8 @@ enum System {
 #[derive(Clone)]
 enum Conn {
     Lbfleet(Arc<Client>),
-    Etcd(KvClient),
+    // Boxed: etcd-client's KvClient holds its whole gRPC client inline, hundreds of bytes.
+    Etcd(Box<KvClient>),
 }
 
 impl Conn {
@@ -202,7 +203,7 @@ async fn etcd_conns(leader: &str, count: usize) -> anyhow::Result<Vec<Conn>> {
     for _ in 0..count {
         let options = ConnectOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(REQUEST_TIMEOUT);
         let client = etcd_client::Client::connect([leader], Some(options)).await?;
-        conns.push(Conn::Etcd(client.kv_client()));
+        conns.push(Conn::Etcd(Box::new(client.kv_client())));
     }
     Ok(conns)
 }
