@@ -1,6 +1,7 @@
 //! lbfleet's per-host agent: one mTLS stream to the coordinator, and the drivers that apply
 //! this host's assigned state to the local HAProxy container.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod applier;
 pub mod config;

@@ -152,7 +152,7 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tick.tick().await;
-            if beating.send(message(AgentKind::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+            if beating.send(pb::AgentMessage::from(AgentKind::Heartbeat(pb::Heartbeat {}))).await.is_err() {
                 return;
             }
         }
@@ -317,7 +317,7 @@ async fn map_file_writer(
             }
         };
         // A frozen coordinator must not keep the next write waiting; the stream ends on its own.
-        let _ = tokio::time::timeout(SEND_DEADLINE, out.send(message(answer))).await;
+        let _ = tokio::time::timeout(SEND_DEADLINE, out.send(answer.into())).await;
         busy.store(false, Ordering::Release);
         idle.notify_one();
     }
@@ -352,7 +352,8 @@ pub async fn open_stream(
     let mut client = transport::agent_stream_client(transport::channel(endpoint, tls)?);
     let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
     // Room for 64 messages: the hello cannot block.
-    out.try_send(message(AgentKind::Hello(hello))).map_err(|_| Status::internal("stream closed before hello"))?;
+    out.try_send(pb::AgentMessage::from(AgentKind::Hello(hello)))
+        .map_err(|_| Status::internal("stream closed before hello"))?;
     // No grpc-timeout on the request: it would bound the life of the whole stream.
     let request = tonic::Request::new(ReceiverStream::new(out_rx));
     let coordinator = format!("coordinator {endpoint}");
@@ -362,15 +363,11 @@ pub async fn open_stream(
 
 /// Queues `kind` on the stream, ending the session when the coordinator stopped taking messages.
 async fn send(out: &mpsc::Sender<pb::AgentMessage>, kind: AgentKind) -> Result<(), Ended> {
-    match tokio::time::timeout(SEND_DEADLINE, out.send(message(kind))).await {
+    match tokio::time::timeout(SEND_DEADLINE, out.send(kind.into())).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Ended::Failed("stream closed".into())),
         Err(_) => Err(Ended::Stalled),
     }
-}
-
-fn message(kind: AgentKind) -> pb::AgentMessage {
-    pb::AgentMessage { kind: Some(kind) }
 }
 
 fn version_of(kind: &CoordinatorKind) -> u64 {

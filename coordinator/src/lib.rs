@@ -1,6 +1,7 @@
 //! lbfleet's coordinator: the replicated state, its Raft storage and transport, the gRPC
 //! services, and the `lbfleet` CLI's client side.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 // tonic::Status is the error of every gRPC handler and helper; boxing it everywhere buys nothing.
 #![allow(clippy::result_large_err)]
 

@@ -1,6 +1,7 @@
 //! The contract shared by every lbfleet component: the gRPC services and the small
 //! domain types both ends need (FQDNs, names, certificate identities, TLS loading).
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod backoff;
 pub mod digest;

@@ -191,7 +191,7 @@ impl Session {
     }
 
     async fn send(&self, kind: CoordinatorKind) -> Result<(), End> {
-        self.out.send(Ok(pb::CoordinatorMessage { kind: Some(kind) })).await.map_err(|_| End::AgentLeft)
+        self.out.send(Ok(kind.into())).await.map_err(|_| End::AgentLeft)
     }
 
     /// Sends a delta (or the full state) when the applied version moved past what the agent has.

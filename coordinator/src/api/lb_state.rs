@@ -19,7 +19,10 @@ pub async fn compare_hosts(agents: &AgentRegistry, desired: &pb::ClusterView) ->
         .bindings
         .iter()
         .map(|b| {
-            let backend = backends.get(b.shard.as_str()).map(|b| b.to_string()).unwrap_or(format!("shard-{}", b.shard));
+            let backend = backends
+                .get(b.shard.as_str())
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| lbfleet_proto::names::lb_backend(&b.shard));
             (b.fqdn.as_str(), backend)
         })
         .collect();

@@ -37,6 +37,9 @@ pub enum ClientError {
     /// The TLS directory cannot give the admin's configuration.
     #[error(transparent)]
     Tls(#[from] lbfleet_proto::tls::TlsError),
+    /// One endpoint did not answer.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointFailure),
     /// The node answered with an error (or did not answer in time).
     #[error("{}", .0.message())]
     Status(#[from] Status),
@@ -142,7 +145,7 @@ impl Client {
 
     /// Commits one command, resending it while the group answers that nothing was written.
     pub async fn write(&self, kind: pb::command::Kind) -> Result<pb::WriteReply, ClientError> {
-        let request = pb::WriteRequest { command: Some(pb::Command { kind: Some(kind) }) };
+        let request = pb::WriteRequest { command: Some(kind.into()) };
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
@@ -205,7 +208,7 @@ impl Client {
         &self,
         change: pb::change_membership_request::Change,
     ) -> Result<pb::StatusReply, ClientError> {
-        let request = pb::ChangeMembershipRequest { change: Some(change) };
+        let request: pb::ChangeMembershipRequest = change.into();
         Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.change_membership(r).await }).await?)
     }
 }

@@ -16,6 +16,7 @@ use super::cli::MembersCommand;
 use super::cli::NodeCommand;
 use super::cli::ShardCommand;
 use super::client::Client;
+use super::client::ClientError;
 use super::import;
 use super::output;
 
@@ -130,27 +131,23 @@ async fn only_cluster(client: &Client) -> anyhow::Result<String> {
     }
 }
 
-/// Each member's own view (term, indexes), or why it did not answer.
+/// Each member's own view (term, indexes), or why it did not answer; all asked at once, so a
+/// frozen member costs one `timeout`, not one per member.
 async fn status_of_members(
     client: &Client,
     status: &pb::StatusReply,
     timeout: Duration,
-) -> Vec<(u64, Result<pb::StatusReply, String>)> {
-    let mut views = Vec::new();
-    for member in &status.members {
+) -> Vec<(u64, Result<pb::StatusReply, ClientError>)> {
+    let views = status.members.iter().map(|member| async move {
         // The node we talk to may advertise an address only its peers can resolve.
         if member.id == status.node_id {
-            views.push((member.id, Ok(status.clone())));
-            continue;
+            return (member.id, Ok(status.clone()));
         }
-        let view = Client::first_reachable(std::slice::from_ref(&member.address), client.tls(), timeout)
-            .await
-            .map_err(|e| e.to_string());
-        let view = match view {
-            Ok(peer) => peer.status().await.map_err(|e| e.to_string()),
-            Err(error) => Err(error),
+        let view = match Client::open(&member.address, client.tls(), timeout).await {
+            Ok(peer) => peer.status().await,
+            Err(failure) => Err(ClientError::from(failure)),
         };
-        views.push((member.id, view));
-    }
-    views
+        (member.id, view)
+    });
+    futures::future::join_all(views).await
 }

@@ -6,6 +6,7 @@ use lbfleet_proto::names;
 use lbfleet_proto::pb;
 use serde::Serialize;
 
+use super::client::ClientError;
 use super::import::ImportReport;
 
 fn print_json(value: &impl Serialize) {
@@ -225,7 +226,7 @@ enum NodeView<'a> {
 }
 
 /// `status`: this node's Raft view, and each member's own.
-pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::StatusReply, String>)]) {
+pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::StatusReply, ClientError>)]) {
     if json {
         let nodes = members
             .iter()
