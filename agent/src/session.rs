@@ -27,6 +27,7 @@ use tracing::info;
 use tracing::warn;
 
 use crate::applier::Applier;
+use crate::applier::ApplyError;
 use crate::applier::MapFileGuard;
 use crate::config::AgentConfig;
 use crate::haproxy::MapFileWrite;
@@ -54,14 +55,35 @@ pub enum StartError {
 
 /// How one stream ended.
 enum Ended {
-    /// The coordinator named another node as leader.
+    /// The coordinator named another node as leader (its address).
     Redirect(String),
     /// Anything else: try the next endpoint after a backoff.
-    Failed(String),
-    /// The coordinator stopped taking our messages.
-    Stalled,
+    Failed(StreamError),
     /// Our state does not fit the coordinator's deltas: start over from the full state.
-    Resync(String),
+    Resync(ApplyError),
+}
+
+/// Why a stream ended that the agent will reopen elsewhere.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// The stream could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The coordinator ended the stream with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    /// The coordinator ended the stream without an error.
+    #[error("the coordinator closed the stream")]
+    ClosedByCoordinator,
+    /// Our side of the stream is gone (the connection dropped).
+    #[error("the stream closed")]
+    Closed,
+    /// Nothing arrived for longer than the coordinator's TTL: it is frozen or cut off.
+    #[error("the coordinator was silent for longer than {COORDINATOR_TTL:?}")]
+    Silent,
+    /// Our messages found no room for [`SEND_DEADLINE`]: the coordinator stopped reading.
+    #[error("the coordinator stopped reading the stream")]
+    Stalled,
 }
 
 /// Runs the agent until the process is stopped.
@@ -91,7 +113,6 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                 continue;
             }
             Ended::Failed(reason) => warn!(%endpoint, %reason, "coordinator stream ended"),
-            Ended::Stalled => warn!(%endpoint, "coordinator stopped reading the stream"),
         }
         if connected_at.elapsed() > Duration::from_secs(30) {
             backoff.reset();
@@ -137,8 +158,8 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
     };
     let (out, mut inbound) = match open_stream(endpoint, tls, hello).await {
         Ok(opened) => opened,
-        Err(OpenError::Status(status)) => return ended_by(&status),
-        Err(error) => return Ended::Failed(error.to_string()),
+        Err(OpenError::Status(status)) => return ended_by(status),
+        Err(error) => return Ended::Failed(error.into()),
     };
     info!(%endpoint, version = applier.version(), "connected to coordinator");
     // Heartbeats go out from their own task, so a long apply does not make the coordinator drop us.
@@ -194,12 +215,12 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
                         }
                     }
                 }
-                Ok(None) => return Ended::Failed("coordinator closed the stream".into()),
-                Err(status) => return ended_by(&status),
+                Ok(None) => return Ended::Failed(StreamError::ClosedByCoordinator),
+                Err(status) => return ended_by(status),
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > COORDINATOR_TTL {
-                    return Ended::Failed("coordinator silent for longer than its TTL".into());
+                    return Ended::Failed(StreamError::Silent);
                 }
                 // A restarted HAProxy container holds only its map file; repair at once.
                 if applier.container_restarted().await {
@@ -240,7 +261,7 @@ async fn apply_burst(
         let offered = version_of(&update);
         match applier.apply(update).await {
             Ok(version) => applied = Some(version),
-            Err(error) if error.needs_resync() => return Err(Ended::Resync(error.to_string())),
+            Err(error) if error.needs_resync() => return Err(Ended::Resync(error)),
             Err(error) => {
                 warn!(version = offered, %error, "could not apply version");
                 let nack = AgentKind::Nack(pb::Nack { version: offered, error: error.to_string() });
@@ -258,8 +279,8 @@ async fn apply_burst(
                 }
                 update => next = Some(update),
             },
-            Some(Ok(None)) => ended = Some(Ended::Failed("coordinator closed the stream".into())),
-            Some(Err(status)) => ended = Some(ended_by(&status)),
+            Some(Ok(None)) => ended = Some(Ended::Failed(StreamError::ClosedByCoordinator)),
+            Some(Err(status)) => ended = Some(ended_by(status)),
         }
     }
     if applied.is_some() {
@@ -280,7 +301,7 @@ impl FileWriter {
     /// Starts the write the applier owes, unless one is running (it then follows when that ends);
     /// with nothing to write, acknowledges the applied version at once.
     async fn start(&self, applier: &mut Applier, out: &mpsc::Sender<pb::AgentMessage>) -> Result<(), Ended> {
-        let closed = || Ended::Failed("stream closed".into());
+        let closed = || Ended::Failed(StreamError::Closed);
         if self.busy.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -324,10 +345,10 @@ async fn map_file_writer(
 }
 
 /// How a stream error ends the session: a redirect when it names the leader.
-fn ended_by(status: &Status) -> Ended {
-    match transport::leader_hint(status) {
+fn ended_by(status: Status) -> Ended {
+    match transport::leader_hint(&status) {
         Some(leader) => Ended::Redirect(leader.to_string()),
-        None => Ended::Failed(format!("{}: {}", status.code(), status.message())),
+        None => Ended::Failed(status.into()),
     }
 }
 
@@ -365,8 +386,8 @@ pub async fn open_stream(
 async fn send(out: &mpsc::Sender<pb::AgentMessage>, kind: AgentKind) -> Result<(), Ended> {
     match tokio::time::timeout(SEND_DEADLINE, out.send(kind.into())).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Ended::Failed("stream closed".into())),
-        Err(_) => Err(Ended::Stalled),
+        Ok(Err(_)) => Err(Ended::Failed(StreamError::Closed)),
+        Err(_) => Err(Ended::Failed(StreamError::Stalled)),
     }
 }
 
