@@ -67,12 +67,12 @@ async fn cli_gives_up_on_a_frozen_coordinator_and_moves_on() -> anyhow::Result<(
     assert!(started.elapsed() < timeout + SLACK, "the CLI waited {:?}", started.elapsed());
     assert!(error.contains(&frozen.address) && error.contains("did not answer"), "{error}");
 
-    // The frozen node first in --endpoints costs one deadline, then the next node answers.
+    // Endpoints are asked at once: a frozen node first in --endpoints does not hold up the leader's answer.
     let endpoints = [frozen.address.clone(), cluster.address(1)];
     let started = Instant::now();
     let client = Client::connect(&endpoints, &cluster.tls, None, timeout).await?;
     assert_eq!(client.endpoint, cluster.address(1));
-    assert!(started.elapsed() < timeout + SLACK, "moving on took {:?}", started.elapsed());
+    assert!(started.elapsed() < timeout, "finding the leader took {:?}", started.elapsed());
     client.status().await?;
     Ok(())
 }

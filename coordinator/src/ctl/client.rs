@@ -7,6 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 use std::time::Instant;
 
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use lbfleet_proto::backoff::Backoff;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::admin_client::AdminClient;
@@ -19,7 +21,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
-/// The longest the CLI waits for one endpoint to prove it answers before it tries the next.
+/// The longest the CLI waits for an endpoint to prove it answers.
 const PROBE_DEADLINE: Duration = Duration::from_secs(3);
 /// Bounds of the pause between resends of a write that was certainly not written.
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -74,7 +76,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects with the admin identity found in `tls_dir` (or the one named).
+    /// Connects with the admin identity found in `tls_dir` (or the one named), to the leader
+    /// when it can be found, else to the first endpoint that answers.
     pub async fn connect(
         endpoints: &[String],
         tls_dir: &TlsDir,
@@ -83,16 +86,52 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let admin = tls_dir.admin_identity(identity)?;
         let tls = tls_dir.client_config(&admin)?;
-        let mut client = Self::first_reachable(endpoints, &tls, timeout).await?;
-        // Talk to the leader directly when we can; followers would forward anyway.
-        if let Ok(status) = client.status().await {
-            if status.has_leader && !status.leader_address.is_empty() && status.leader_address != client.endpoint {
-                if let Ok(leader) = Self::open(&status.leader_address, &tls, timeout).await {
-                    client = leader;
-                }
+        let (client, status) = Self::probe_all(endpoints, &tls, timeout).await?;
+        // The leader may be known only by the address its peers use; talk to it when we can,
+        // followers would forward anyway. A listed leader already failed its probe.
+        let named = status.has_leader && !status.leader_address.is_empty();
+        let unprobed = !endpoints.contains(&status.leader_address);
+        if named && unprobed && status.current_leader != status.node_id {
+            if let Ok((leader, _)) = Self::probe(&status.leader_address, &tls, timeout).await {
+                return Ok(leader);
             }
         }
         Ok(client)
+    }
+
+    /// Asks every endpoint at once and settles for the first leader that answers, so a frozen
+    /// or dead node costs nothing wherever it stands in the list; without a leader, the first
+    /// endpoint in the given order that answered.
+    async fn probe_all(
+        endpoints: &[String],
+        tls: &ClientTlsConfig,
+        timeout: Duration,
+    ) -> Result<(Client, pb::StatusReply), ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut pending: FuturesUnordered<_> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(position, endpoint)| async move { (position, Self::probe(endpoint, tls, timeout).await) })
+            .collect();
+        let mut answers = Vec::new();
+        let mut tried = Vec::new();
+        while let Some((position, answer)) = pending.next().await {
+            match answer {
+                Ok((client, status)) if status.has_leader && status.current_leader == status.node_id => {
+                    return Ok((client, status));
+                }
+                Ok(answered) => answers.push((position, answered)),
+                Err(failure) => tried.push((position, failure)),
+            }
+        }
+        answers.sort_by_key(|(position, _)| *position);
+        if let Some((_, answered)) = answers.into_iter().next() {
+            return Ok(answered);
+        }
+        tried.sort_by_key(|(position, _)| *position);
+        Err(ClientError::Unreachable { tried: tried.into_iter().map(|(_, failure)| failure).collect() })
     }
 
     /// Connects to the first endpoint that answers, in the order given.
@@ -117,11 +156,20 @@ impl Client {
     /// Opens `endpoint` and proves it answers: a status call checks the TLS handshake and
     /// authorization, not just TCP.
     pub async fn open(endpoint: &str, tls: &ClientTlsConfig, timeout: Duration) -> Result<Client, EndpointFailure> {
+        Ok(Self::probe(endpoint, tls, timeout).await?.0)
+    }
+
+    /// Opens `endpoint` and returns its status with it.
+    async fn probe(
+        endpoint: &str,
+        tls: &ClientTlsConfig,
+        timeout: Duration,
+    ) -> Result<(Client, pb::StatusReply), EndpointFailure> {
         let admin = transport::admin_client(transport::channel(endpoint, tls)?);
         let client = Client { admin, tls: tls.clone(), endpoint: endpoint.to_string(), timeout };
-        let probe = timeout.min(PROBE_DEADLINE);
-        match client.call(pb::StatusRequest {}, probe, |mut admin, r| async move { admin.status(r).await }).await {
-            Ok(_) => Ok(client),
+        let deadline = timeout.min(PROBE_DEADLINE);
+        match client.call(pb::StatusRequest {}, deadline, |mut admin, r| async move { admin.status(r).await }).await {
+            Ok(status) => Ok((client, status)),
             Err(status) => Err(EndpointFailure::Status { endpoint: endpoint.to_string(), status }),
         }
     }
