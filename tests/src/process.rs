@@ -210,9 +210,9 @@ impl ProcessCluster {
                     // `connect` moves to the leader only if one was known when it asked.
                     Ok(status) if status.has_leader && status.current_leader == status.node_id => return Ok(client),
                     Ok(status) => {
-                        format!("{} reports leader {} ({})", client.endpoint, status.current_leader, status.state)
+                        format!("{} reports leader {} ({})", client.endpoint(), status.current_leader, status.state)
                     }
-                    Err(error) => format!("{}: {error}", client.endpoint),
+                    Err(error) => format!("{}: {error}", client.endpoint()),
                 },
                 Err(error) => error.to_string(),
             };
@@ -228,6 +228,22 @@ impl ProcessCluster {
         if let Some(mut child) = self.nodes[index].child.get_mut().expect("child lock").take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the node at `index` with SIGSTOP: it keeps its sockets and answers nothing.
+    pub fn freeze(&self, index: usize) {
+        self.signal(index, Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen node at `index` go on (SIGCONT).
+    pub fn thaw(&self, index: usize) {
+        self.signal(index, Signal::SIGCONT);
+    }
+
+    fn signal(&self, index: usize, signal: Signal) {
+        if let Some(pid) = self.pid(index).and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
         }
     }
 

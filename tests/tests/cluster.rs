@@ -45,7 +45,7 @@ async fn bind_through_a_follower_reaches_every_node() -> anyhow::Result<()> {
     let leader = cluster.leader().await?;
     let follower = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
     let client = cluster.client_of(follower).await?;
-    assert_eq!(client.endpoint, cluster.address(follower));
+    assert_eq!(client.endpoint(), cluster.address(follower));
     topology(&client).await?;
     let reply = bind(&client, "Follower.Example.COM").await?;
     assert_eq!(reply.message, "bound follower.example.com to shard web-1");

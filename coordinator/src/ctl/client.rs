@@ -4,6 +4,7 @@
 //! coordinator that accepts connections and never answers fails the call in time.
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -23,6 +24,10 @@ use tonic::Status;
 
 /// The longest the CLI waits for an endpoint to prove it answers.
 const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+/// Once a follower answered, how long the other endpoints get to answer as the leader.
+const LEADER_GRACE: Duration = Duration::from_millis(300);
+/// How long one attempt of a small write may take before its node counts as failed.
+const WRITE_ATTEMPT_DEADLINE: Duration = Duration::from_secs(2);
 /// Bounds of the pause between resends of a write that was certainly not written.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
@@ -66,13 +71,21 @@ fn list(failures: &[EndpointFailure]) -> String {
     failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
-/// A client connected to one coordinator node, the leader when it could be found.
+/// A client of the coordinator group: talks to one node (the leader when it could be found)
+/// and moves to another when that node stops answering.
 pub struct Client {
-    admin: AdminClient<Channel>,
+    /// Every endpoint given, where a new leader is looked for.
+    endpoints: Vec<String>,
     tls: ClientTlsConfig,
-    /// The endpoint this client talks to.
-    pub endpoint: String,
     timeout: Duration,
+    node: Mutex<Node>,
+}
+
+/// The node a client talks to.
+#[derive(Clone)]
+struct Node {
+    endpoint: String,
+    admin: AdminClient<Channel>,
 }
 
 impl Client {
@@ -86,27 +99,34 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let admin = tls_dir.admin_identity(identity)?;
         let tls = tls_dir.client_config(&admin)?;
-        let (client, status) = Self::probe_all(endpoints, &tls, timeout).await?;
+        let node = Self::find_leader(endpoints, &tls, timeout).await?;
+        Ok(Client { endpoints: endpoints.to_vec(), tls, timeout, node: Mutex::new(node) })
+    }
+
+    /// The leader if it can be found, else the first endpoint (in the order given) that answered.
+    async fn find_leader(endpoints: &[String], tls: &ClientTlsConfig, timeout: Duration) -> Result<Node, ClientError> {
+        let (node, status) = Self::probe_all(endpoints, tls, timeout).await?;
         // The leader may be known only by the address its peers use; talk to it when we can,
         // followers would forward anyway. A listed leader already failed its probe.
         let named = status.has_leader && !status.leader_address.is_empty();
         let unprobed = !endpoints.contains(&status.leader_address);
         if named && unprobed && status.current_leader != status.node_id {
-            if let Ok((leader, _)) = Self::probe(&status.leader_address, &tls, timeout).await {
+            if let Ok((leader, _)) = Self::probe(&status.leader_address, tls, timeout).await {
                 return Ok(leader);
             }
         }
-        Ok(client)
+        Ok(node)
     }
 
     /// Asks every endpoint at once and settles for the first leader that answers, so a frozen
-    /// or dead node costs nothing wherever it stands in the list; without a leader, the first
-    /// endpoint in the given order that answered.
+    /// or dead node costs nothing wherever it stands in the list. Once some node answered, the
+    /// others get [`LEADER_GRACE`] to turn out to be the leader; then the first endpoint in the
+    /// given order that answered is taken (a follower forwards to the leader).
     async fn probe_all(
         endpoints: &[String],
         tls: &ClientTlsConfig,
         timeout: Duration,
-    ) -> Result<(Client, pb::StatusReply), ClientError> {
+    ) -> Result<(Node, pb::StatusReply), ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
@@ -117,10 +137,16 @@ impl Client {
             .collect();
         let mut answers = Vec::new();
         let mut tried = Vec::new();
-        while let Some((position, answer)) = pending.next().await {
+        loop {
+            let next = if answers.is_empty() {
+                pending.next().await
+            } else {
+                tokio::time::timeout(LEADER_GRACE, pending.next()).await.unwrap_or(None)
+            };
+            let Some((position, answer)) = next else { break };
             match answer {
-                Ok((client, status)) if status.has_leader && status.current_leader == status.node_id => {
-                    return Ok((client, status));
+                Ok((node, status)) if status.has_leader && status.current_leader == status.node_id => {
+                    return Ok((node, status));
                 }
                 Ok(answered) => answers.push((position, answered)),
                 Err(failure) => tried.push((position, failure)),
@@ -156,7 +182,8 @@ impl Client {
     /// Opens `endpoint` and proves it answers: a status call checks the TLS handshake and
     /// authorization, not just TCP.
     pub async fn open(endpoint: &str, tls: &ClientTlsConfig, timeout: Duration) -> Result<Client, EndpointFailure> {
-        Ok(Self::probe(endpoint, tls, timeout).await?.0)
+        let (node, _) = Self::probe(endpoint, tls, timeout).await?;
+        Ok(Client { endpoints: vec![endpoint.to_string()], tls: tls.clone(), timeout, node: Mutex::new(node) })
     }
 
     /// Opens `endpoint` and returns its status with it.
@@ -164,12 +191,12 @@ impl Client {
         endpoint: &str,
         tls: &ClientTlsConfig,
         timeout: Duration,
-    ) -> Result<(Client, pb::StatusReply), EndpointFailure> {
+    ) -> Result<(Node, pb::StatusReply), EndpointFailure> {
         let admin = transport::admin_client(transport::channel(endpoint, tls)?);
-        let client = Client { admin, tls: tls.clone(), endpoint: endpoint.to_string(), timeout };
+        let node = Node { endpoint: endpoint.to_string(), admin };
         let deadline = timeout.min(PROBE_DEADLINE);
-        match client.call(pb::StatusRequest {}, deadline, |mut admin, r| async move { admin.status(r).await }).await {
-            Ok(status) => Ok((client, status)),
+        match node.call(pb::StatusRequest {}, deadline, |mut admin, r| async move { admin.status(r).await }).await {
+            Ok(status) => Ok((node, status)),
             Err(status) => Err(EndpointFailure::Status { endpoint: endpoint.to_string(), status }),
         }
     }
@@ -179,37 +206,63 @@ impl Client {
         &self.tls
     }
 
-    /// One call to this client's node that gives up after `deadline`, whatever the node does.
+    /// The endpoint this client talks to now.
+    pub fn endpoint(&self) -> String {
+        self.node().endpoint
+    }
+
+    fn node(&self) -> Node {
+        self.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// One call to the current node that gives up after `deadline`, whatever the node does.
     async fn call<Req, Reply, Call, Fut>(&self, message: Req, deadline: Duration, call: Call) -> Result<Reply, Status>
     where
         Call: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Reply>, Status>>,
     {
-        let request = transport::request(message, deadline);
-        let endpoint = format!("coordinator {}", self.endpoint);
-        let reply = transport::within(&endpoint, deadline, call(self.admin.clone(), request)).await?;
-        Ok(reply.into_inner())
+        self.node().call(message, deadline, call).await
     }
 
-    /// Commits one command, resending it while the group answers that nothing was written.
+    /// Looks for the leader again after the current node failed; keeps the current node when
+    /// no other answers.
+    async fn move_on(&self, left: Duration) {
+        if let Ok(node) = Self::find_leader(&self.endpoints, &self.tls, left.min(self.timeout)).await {
+            *self.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = node;
+        }
+    }
+
+    /// Commits one command. It is sent again while the group answers that nothing was written,
+    /// and, for binds, when the node failed under it: a bind sent twice is a bind ("already
+    /// bound"), so a leader that died or froze mid-write costs a retry, not an error.
     pub async fn write(&self, kind: pb::command::Kind) -> Result<pb::WriteReply, ClientError> {
+        let resend_when_unsure = matches!(kind, pb::command::Kind::Bind(_) | pb::command::Kind::BindBatch(_));
+        // A bulk batch may take long to commit; anything else answers in milliseconds unless its node failed.
+        let attempt_cap = match kind {
+            pb::command::Kind::BindBatch(_) => self.timeout,
+            _ => WRITE_ATTEMPT_DEADLINE,
+        };
         let request = pb::WriteRequest { command: Some(kind.into()) };
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = self.call(request.clone(), left, |mut admin, r| async move { admin.write(r).await }).await;
-            match attempt {
-                Ok(reply) => return Ok(reply),
-                Err(status) if transport::is_retryable(&status) => {
-                    let pause = backoff.next_delay();
-                    if Instant::now() + pause >= deadline {
-                        return Err(status.into());
+            let attempt = left.min(attempt_cap);
+            let status =
+                match self.call(request.clone(), attempt, |mut admin, r| async move { admin.write(r).await }).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(status) if transport::is_retryable(&status) => status,
+                    Err(status) if resend_when_unsure && node_failed(&status) => {
+                        self.move_on(deadline.saturating_duration_since(Instant::now())).await;
+                        status
                     }
-                    tokio::time::sleep(pause).await;
-                }
-                Err(status) => return Err(status.into()),
+                    Err(status) => return Err(status.into()),
+                };
+            let pause = backoff.next_delay();
+            if Instant::now() + pause >= deadline {
+                return Err(status.into());
             }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -259,6 +312,29 @@ impl Client {
         let request: pb::ChangeMembershipRequest = change.into();
         Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.change_membership(r).await }).await?)
     }
+}
+
+impl Node {
+    /// One call to this node that gives up after `deadline`, whatever the node does.
+    async fn call<Req, Reply, Call, Fut>(&self, message: Req, deadline: Duration, call: Call) -> Result<Reply, Status>
+    where
+        Call: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Reply>, Status>>,
+    {
+        let request = transport::request(message, deadline);
+        let endpoint = format!("coordinator {}", self.endpoint);
+        let reply = transport::within(&endpoint, deadline, call(self.admin.clone(), request)).await?;
+        Ok(reply.into_inner())
+    }
+}
+
+/// Whether `status` says the node failed under the call (down, frozen, cut off), so whether
+/// the call took effect is unknown.
+fn node_failed(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }
 
 /// One line for a failed connection attempt.

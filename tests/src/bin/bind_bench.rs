@@ -112,7 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .write(Kind::CreateCluster(pb::CreateCluster { name: CLUSTER.into(), haproxy_container: String::new() }))
         .await?;
     leader.write(Kind::CreateShard(pb::CreateShard { name: args.shard.clone(), cluster: CLUSTER.into() })).await?;
-    let lbfleet_leader = leader.endpoint.clone();
+    let lbfleet_leader = leader.endpoint();
     let etcd_leader = etcd.leader().await?;
     println!("leaders: lbfleet {lbfleet_leader}, etcd {etcd_leader}\n");
 
