@@ -1,8 +1,10 @@
 //! Runs the CLI's client commands and prints their results as text or JSON.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::future::join_all;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
 use lbfleet_proto::tls::TlsDir;
@@ -81,7 +83,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Status => {
             let status = client.status().await?;
-            output::status(json, &status, &status_of_members(&client, &status, timeout).await)
+            output::status(json, &status, &status_of_members(&client, &status, &global.endpoints, timeout).await)
         }
         Command::Members { change: None } => output::members(json, &client.status().await?),
         Command::Members { change: Some(MembersCommand::Add { member }) } => {
@@ -131,23 +133,52 @@ async fn only_cluster(client: &Client) -> anyhow::Result<String> {
     }
 }
 
-/// Each member's own view (term, indexes), or why it did not answer; all asked at once, so a
-/// frozen member costs one `timeout`, not one per member.
+/// Each member's own view (term, indexes), or why it did not answer. The endpoints given are
+/// asked first, all at once: members may advertise addresses only their peers can resolve
+/// (container names), and an endpoint tells which member it is. Members no endpoint answered
+/// for are then asked at their advertised address, unless that address was one of the
+/// endpoints; so a frozen member costs at most one `timeout` in each round.
 async fn status_of_members(
     client: &Client,
     status: &pb::StatusReply,
+    endpoints: &[String],
     timeout: Duration,
 ) -> Vec<(u64, Result<pb::StatusReply, ClientError>)> {
-    let views = status.members.iter().map(|member| async move {
-        // The node we talk to may advertise an address only its peers can resolve.
-        if member.id == status.node_id {
-            return (member.id, Ok(status.clone()));
-        }
-        let view = match Client::open(&member.address, client.tls(), timeout).await {
-            Ok(peer) => peer.status().await,
+    let ask = |address: String| async move {
+        let view = match Client::open(&address, client.tls(), timeout).await {
+            Ok(node) => node.status().await,
             Err(failure) => Err(ClientError::from(failure)),
         };
-        (member.id, view)
-    });
-    futures::future::join_all(views).await
+        (address, view)
+    };
+    let mut by_endpoint: HashMap<String, Result<pb::StatusReply, ClientError>> =
+        join_all(endpoints.iter().cloned().map(ask)).await.into_iter().collect();
+    let mut by_id: HashMap<u64, pb::StatusReply> = HashMap::new();
+    for view in by_endpoint.values().flatten() {
+        by_id.insert(view.node_id, view.clone());
+    }
+    by_id.insert(status.node_id, status.clone());
+    let unanswered: Vec<String> = status
+        .members
+        .iter()
+        .filter(|m| !by_id.contains_key(&m.id) && !by_endpoint.contains_key(&m.address))
+        .map(|m| m.address.clone())
+        .collect();
+    by_endpoint.extend(join_all(unanswered.into_iter().map(ask)).await);
+    status
+        .members
+        .iter()
+        .map(|member| {
+            let view = match by_id.remove(&member.id) {
+                Some(view) => Ok(view),
+                None => by_endpoint.remove(&member.address).unwrap_or_else(|| {
+                    Err(ClientError::Status(tonic::Status::unavailable(format!(
+                        "node {} at {} was not asked",
+                        member.id, member.address
+                    ))))
+                }),
+            };
+            (member.id, view)
+        })
+        .collect()
 }
