@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Brings up the local lbfleet deployment (deploy/docker-compose.yml) and binds a demo FQDN.
+# Brings up the local lbfleet fleet (deploy/docker-compose.yml): a coordinator group of 3 nodes,
+# 2 LB hosts (agent + HAProxy each) and 2 shards of 2 nginx nodes, then binds the demo FQDNs.
 # Needs a Docker engine and docker-compose; no image registry (images are built locally).
+# Re-running it is safe; deploy/down.sh removes the fleet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export LBFLEET_TLS_DIR=${LBFLEET_TLS_DIR:-$PWD/.lbfleet/tls}
-export LBFLEET_PORT=${LBFLEET_PORT:-7400}
-export LBFLEET_HTTP_PORT=${LBFLEET_HTTP_PORT:-8080}
-export LBFLEET_ENDPOINTS=127.0.0.1:$LBFLEET_PORT
-DEMO_FQDN=${LBFLEET_DEMO_FQDN:-demo.hosting.localhost}
+export LBFLEET_PORT_1=${LBFLEET_PORT_1:-7400} LBFLEET_PORT_2=${LBFLEET_PORT_2:-7401} LBFLEET_PORT_3=${LBFLEET_PORT_3:-7402}
+export LBFLEET_HTTP_PORT_LB_1=${LBFLEET_HTTP_PORT_LB_1:-8080} LBFLEET_HTTP_PORT_LB_2=${LBFLEET_HTTP_PORT_LB_2:-8081}
+export LBFLEET_STATS_PORT_LB_1=${LBFLEET_STATS_PORT_LB_1:-8404} LBFLEET_STATS_PORT_LB_2=${LBFLEET_STATS_PORT_LB_2:-8405}
+export LBFLEET_ENDPOINTS=127.0.0.1:$LBFLEET_PORT_1,127.0.0.1:$LBFLEET_PORT_2,127.0.0.1:$LBFLEET_PORT_3
+DEMO_1=${LBFLEET_DEMO_FQDN:-demo.hosting.localhost}
+DEMO_2=${LBFLEET_DEMO_FQDN_2:-demo-2.hosting.localhost}
 compose=(docker-compose -p lbfleet -f deploy/docker-compose.yml)
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -19,26 +23,35 @@ LBFLEET_BIN_DIR=$PWD/target/release docker/build-images.sh base haproxy node coo
 LBFLEET=target/release/lbfleet
 
 step "certificates in $LBFLEET_TLS_DIR"
-"$LBFLEET" pki init --dir "$LBFLEET_TLS_DIR" --coordinator 1 --agent lb-1 --admin operator
+"$LBFLEET" pki init --dir "$LBFLEET_TLS_DIR" --coordinator 1 2 3 --agent lb-1 lb-2 --admin operator
 
-step "starting coordinator, agent, HAProxy and two nginx nodes"
+step "starting 3 coordinators, 2 LB hosts (agent + HAProxy) and 4 nginx nodes"
 "${compose[@]}" up -d
+leader=""
 for _ in $(seq 1 150); do
-  "$LBFLEET" status >/dev/null 2>&1 && break
+  leader=$("$LBFLEET" --timeout 2 status 2>/dev/null | sed -n 's/^leader: node \([0-9]*\).*/\1/p') || true
+  [ -n "$leader" ] && break
   sleep 0.2
 done
-"$LBFLEET" status >/dev/null || { "${compose[@]}" logs coordinator; exit 1; }
+[ -n "$leader" ] || { "${compose[@]}" logs coordinator-1 coordinator-2 coordinator-3 | tail -60; exit 1; }
 
-step "topology: cluster demo, LB host lb-1, shard web-1 with two nodes"
+step "topology: cluster demo, LB hosts lb-1 and lb-2, shards web-1 and web-2 with two nodes each"
 # Re-running is fine: what exists already is reported and kept.
 "$LBFLEET" cluster create demo || true
-"$LBFLEET" host add lb-1 --cluster demo || true
-"$LBFLEET" shard create web-1 --cluster demo || true
-"$LBFLEET" node add web-1-node-0 --shard web-1 --host lb-1 --address web-1-node-0:80 --container web-1-node-0 || true
-"$LBFLEET" node add web-1-node-1 --shard web-1 --host lb-1 --address web-1-node-1:80 --container web-1-node-1 || true
+for lb in 1 2; do
+  "$LBFLEET" host add "lb-$lb" --cluster demo --haproxy-container "hosting-haproxy-lb-$lb" || true
+done
+for shard in 1 2; do
+  "$LBFLEET" shard create "web-$shard" --cluster demo || true
+  for node in 0 1; do
+    name=web-$shard-node-$node
+    "$LBFLEET" node add "$name" --shard "web-$shard" --host "lb-$shard" --address "$name:80" --container "$name" || true
+  done
+done
 
-step "binding $DEMO_FQDN (waits until HAProxy serves it)"
-"$LBFLEET" bind "$DEMO_FQDN" web-1 --wait --timeout 60
+step "binding $DEMO_1 to web-1 and $DEMO_2 to web-2 (each waits until both LB hosts serve it)"
+"$LBFLEET" bind "$DEMO_1" web-1 --wait --timeout 60
+"$LBFLEET" bind "$DEMO_2" web-2 --wait --timeout 60
 
 step "status"
 "$LBFLEET" lb show --cluster demo
@@ -47,8 +60,11 @@ step "status"
 cat <<EOT
 
 Try:
-  curl -i -H 'Host: $DEMO_FQDN' http://127.0.0.1:$LBFLEET_HTTP_PORT/
-  LBFLEET_TLS_DIR=$LBFLEET_TLS_DIR $LBFLEET bind www.example.com web-1 --wait
-  stats page: http://127.0.0.1:${LBFLEET_STATS_PORT:-8404}/stats
-Stop with: docker-compose -p lbfleet -f deploy/docker-compose.yml down -v
+  curl -i -H 'Host: $DEMO_1' http://127.0.0.1:$LBFLEET_HTTP_PORT_LB_1/     # through LB host lb-1
+  curl -i -H 'Host: $DEMO_2' http://127.0.0.1:$LBFLEET_HTTP_PORT_LB_2/     # through LB host lb-2
+  export LBFLEET_TLS_DIR=$LBFLEET_TLS_DIR LBFLEET_ENDPOINTS=$LBFLEET_ENDPOINTS
+  $LBFLEET status
+  $LBFLEET bind www.example.com web-2 --wait
+  stats pages: http://127.0.0.1:$LBFLEET_STATS_PORT_LB_1/stats http://127.0.0.1:$LBFLEET_STATS_PORT_LB_2/stats
+Remove it with: deploy/down.sh
 EOT
