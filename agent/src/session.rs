@@ -338,7 +338,7 @@ async fn map_file_writer(
             }
         };
         // A frozen coordinator must not keep the next write waiting; the stream ends on its own.
-        let _ = tokio::time::timeout(SEND_DEADLINE, out.send(answer.into())).await;
+        let _ = send(&out, answer).await;
         busy.store(false, Ordering::Release);
         idle.notify_one();
     }

@@ -186,6 +186,15 @@ impl Client {
         Ok(Client { endpoints: vec![endpoint.to_string()], tls: tls.clone(), timeout, node: Mutex::new(node) })
     }
 
+    /// The status of the node at `endpoint`, from the one call that also proves it answers.
+    pub async fn status_of(
+        endpoint: &str,
+        tls: &ClientTlsConfig,
+        timeout: Duration,
+    ) -> Result<pb::StatusReply, EndpointFailure> {
+        Ok(Self::probe(endpoint, tls, timeout).await?.1)
+    }
+
     /// Opens `endpoint` and returns its status with it.
     async fn probe(
         endpoint: &str,

@@ -145,10 +145,7 @@ async fn status_of_members(
     timeout: Duration,
 ) -> Vec<(u64, Result<pb::StatusReply, ClientError>)> {
     let ask = |address: String| async move {
-        let view = match Client::open(&address, client.tls(), timeout).await {
-            Ok(node) => node.status().await,
-            Err(failure) => Err(ClientError::from(failure)),
-        };
+        let view = Client::status_of(&address, client.tls(), timeout).await.map_err(ClientError::from);
         (address, view)
     };
     let mut by_endpoint: HashMap<String, Result<pb::StatusReply, ClientError>> =
