@@ -11,4 +11,5 @@ pub mod ctl;
 pub mod daemon;
 pub mod pki;
 pub mod raft;
+pub mod snapshot_file;
 pub mod state;
