@@ -15,8 +15,10 @@ use tonic::Status;
 
 use super::convert;
 use super::forward::Forwarder;
+use super::forward::DEFAULT_FORWARD_DEADLINE;
 use super::group_commit::GroupCommit;
 use super::lb_state;
+use super::snapshot;
 use crate::agents::registry::AgentRegistry;
 use crate::raft::state_machine::SharedState;
 use crate::raft::Member;
@@ -207,6 +209,26 @@ impl pb::admin_server::Admin for AdminService {
         let desired = self.cluster_view(&request.cluster, &request.host)?;
         let hosts = lb_state::compare_hosts(&self.agents, &desired).await;
         Ok(Response::new(pb::LbStateReply { desired: Some(desired), hosts }))
+    }
+
+    type SnapshotStream = snapshot::ChunkStream;
+
+    /// Served by the leader after a read barrier, so the file holds every write acknowledged
+    /// before the call; a follower's applied state may lag behind by any amount.
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(leader) = self.route(&request)? {
+            let deadline = transport::caller_deadline(&request).unwrap_or(DEFAULT_FORWARD_DEADLINE);
+            let upstream = self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.snapshot(r).await })
+                .await?;
+            return Ok(Response::new(snapshot::relay(upstream.into_inner(), leader, deadline)));
+        }
+        self.linearizable().await?;
+        let node_id = self.raft.metrics().borrow().id;
+        let file = snapshot::encode(self.shared.clone(), node_id).await?;
+        Ok(Response::new(snapshot::stream(file)))
     }
 }
 

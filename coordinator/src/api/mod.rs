@@ -5,3 +5,4 @@ pub mod convert;
 pub mod forward;
 pub mod group_commit;
 pub mod lb_state;
+pub mod snapshot;

@@ -81,6 +81,9 @@ pub enum Command {
     Lb(LbCommand),
     /// Coordinator nodes, leader, term, commit and applied indexes.
     Status,
+    /// Backs up the replicated state to a file (`coordinator restore` makes a new group of it).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 /// `lbfleet pki ...`
@@ -188,4 +191,19 @@ pub enum LbCommand {
         #[arg(long)]
         host: Option<String>,
     },
+}
+
+/// `lbfleet snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Writes a consistent snapshot of the replicated state, served by the leader, to FILE
+    /// (atomically; checked on the way). --timeout bounds the first answer and each chunk.
+    Save {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Checks a snapshot file (length, checksum, state) and prints what it holds; needs no coordinator.
+    Verify { file: PathBuf },
 }

@@ -17,16 +17,23 @@ use super::cli::LbCommand;
 use super::cli::MembersCommand;
 use super::cli::NodeCommand;
 use super::cli::ShardCommand;
+use super::cli::SnapshotCommand;
 use super::client::Client;
 use super::client::ClientError;
 use super::import;
 use super::output;
+use super::snapshot;
 
 /// Where the CLI looks for certificates when no directory is given.
 pub const DEFAULT_TLS_DIR: &str = ".lbfleet/tls";
 
 /// Runs one client command against the coordinator group.
 pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    // A file check needs no coordinator.
+    if let Command::Snapshot(SnapshotCommand::Verify { file }) = &command {
+        output::snapshot(global.json, "verified", &snapshot::verify(file)?);
+        return Ok(());
+    }
     let tls_dir = TlsDir::new(global.tls_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_DIR)));
     let timeout = Duration::from_secs_f64(global.timeout.max(0.1));
     let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout).await?;
@@ -95,6 +102,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Members { change: Some(MembersCommand::Remove { id }) } => {
             let change = pb::change_membership_request::Change::Remove(id);
             output::members(json, &client.change_membership(change).await?);
+        }
+        Command::Snapshot(SnapshotCommand::Save { file, force }) => {
+            output::snapshot(json, "saved", &snapshot::save(&client, &file, force, timeout).await?);
+        }
+        Command::Snapshot(SnapshotCommand::Verify { file }) => {
+            output::snapshot(json, "verified", &snapshot::verify(&file)?);
         }
     }
     Ok(())

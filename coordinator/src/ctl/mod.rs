@@ -5,3 +5,4 @@ pub mod client;
 pub mod commands;
 pub mod import;
 pub mod output;
+pub mod snapshot;

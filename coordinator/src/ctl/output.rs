@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use super::client::ClientError;
 use super::import::ImportReport;
+use super::snapshot::SnapshotReport;
+use crate::snapshot_file::SnapshotHeader;
 
 fn print_json(value: &impl Serialize) {
     // Only maps with non-string keys fail to serialize, and nothing printed here has one.
@@ -416,6 +418,110 @@ pub fn import_report(json: bool, file: &Path, report: &ImportReport) {
     }
 }
 
+/// `snapshot save|verify --json`: the file, its size, and its header as written.
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    file: String,
+    bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elapsed_ms: Option<f64>,
+    #[serde(flatten)]
+    header: &'a SnapshotHeader,
+}
+
+/// `snapshot save` and `snapshot verify`: which state the file holds, and how much of it.
+pub fn snapshot(json: bool, verb: &str, report: &SnapshotReport) {
+    if json {
+        return print_json(&SnapshotJson {
+            file: report.file.display().to_string(),
+            bytes: report.bytes,
+            elapsed_ms: report.elapsed.map(|e| e.as_secs_f64() * 1000.0),
+            header: &report.header,
+        });
+    }
+    let took = report.elapsed.map(|e| format!(" in {:.2} s", e.as_secs_f64())).unwrap_or_default();
+    println!("{verb} {}: {}{took}", report.file.display(), size(report.bytes));
+    snapshot_header(&report.header);
+}
+
+/// What a snapshot file says about the state it holds.
+fn snapshot_header(header: &SnapshotHeader) {
+    let c = &header.counts;
+    println!(
+        "  version {} (term {}), taken {} by node {} (lbfleet {})",
+        header.version,
+        header.term,
+        header.created_utc(),
+        header.node_id,
+        header.lbfleet_version
+    );
+    println!(
+        "  {} clusters, {} hosts, {} shards, {} nodes, {} bindings",
+        c.clusters, c.hosts, c.shards, c.nodes, c.bindings
+    );
+    let members: Vec<String> = header
+        .members
+        .iter()
+        .map(|m| format!("{}={}{}", m.id, m.address, if m.voter { "" } else { " (learner)" }))
+        .collect();
+    println!("  members then: {}", members.join(", "));
+}
+
+/// `coordinator restore --json`.
+#[derive(Serialize)]
+struct RestoredJson<'a> {
+    file: String,
+    data_dir: String,
+    node_id: u64,
+    address: &'a str,
+    version: u64,
+    snapshot: &'a SnapshotHeader,
+}
+
+/// `coordinator restore`: the snapshot restored, the new group's version of it, and what to do next.
+pub fn snapshot_restored(
+    json: bool,
+    file: &Path,
+    header: &SnapshotHeader,
+    data_dir: &Path,
+    (node_id, address): (u64, &str),
+    version: u64,
+) {
+    if json {
+        return print_json(&RestoredJson {
+            file: file.display().to_string(),
+            data_dir: data_dir.display().to_string(),
+            node_id,
+            address,
+            version,
+            snapshot: header,
+        });
+    }
+    println!("restored {} into {}", file.display(), data_dir.display());
+    snapshot_header(header);
+    println!("  is version {version} of a new group whose only member is node {node_id} at {address}");
+    println!(
+        "next: start node {node_id} with `lbfleet coordinator run` on {} (--bootstrap is ignored), then add \
+         each other node, started with an empty data dir, with `lbfleet members add ID=ADDR`",
+        data_dir.display()
+    );
+}
+
+/// A byte count for people.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} bytes"),
+        _ => format!("{value:.1} {} ({bytes} bytes)", UNITS[unit]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -491,6 +597,28 @@ mod tests {
             json!({"id": 1, "reachable": true, "state": "Leader", "term": 4, "last_log_index": 9,
                    "committed_index": 9, "applied_index": 8})
         );
+    }
+
+    #[test]
+    fn snapshot_reports_flatten_their_header() {
+        let header = SnapshotHeader {
+            lbfleet_version: "0.1.0".into(),
+            created_unix_ms: 5,
+            node_id: 1,
+            version: 9,
+            term: 2,
+            members: vec![crate::snapshot_file::SnapshotMember { id: 1, address: "a:1".into(), voter: true }],
+            counts: crate::snapshot_file::Counts { bindings: 3, ..Default::default() },
+        };
+        let json = SnapshotJson { file: "s.lbfs".into(), bytes: 100, elapsed_ms: None, header: &header };
+        let value = serde_json::to_value(json).unwrap();
+        assert_eq!(value["file"], "s.lbfs");
+        assert_eq!(value["version"], 9);
+        assert_eq!(value["counts"]["bindings"], 3);
+        assert_eq!(value["members"], json!([{"id": 1, "address": "a:1", "voter": true}]));
+        assert!(value.get("elapsed_ms").is_none());
+        assert_eq!(size(100), "100 bytes");
+        assert_eq!(size(3 * 1024 * 1024 / 2), "1.5 MiB (1572864 bytes)");
     }
 
     #[test]
