@@ -8,7 +8,10 @@ use clap::Subcommand;
 use lbfleet_coordinator::ctl::cli::GlobalArgs;
 use lbfleet_coordinator::ctl::cli::PkiCommand;
 use lbfleet_coordinator::ctl::commands;
+use lbfleet_coordinator::ctl::output;
 use lbfleet_coordinator::daemon::config::CoordinatorSettings;
+use lbfleet_coordinator::daemon::restore;
+use lbfleet_coordinator::daemon::restore::RestoreArgs;
 use lbfleet_coordinator::daemon::server;
 use lbfleet_coordinator::pki;
 use lbfleet_proto::process::EXIT_CONFIG;
@@ -43,6 +46,8 @@ enum Command {
 enum CoordinatorCommand {
     /// Runs a coordinator node until SIGINT/SIGTERM.
     Run(CoordinatorSettings),
+    /// Creates a new single-node group from a snapshot file (`lbfleet snapshot save`) in an empty data dir.
+    Restore(RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +75,26 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(server::run(config))
+        }
+        Command::Coordinator(CoordinatorCommand::Restore(args)) => {
+            let target = match args.resolve() {
+                Ok(target) => target,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            runtime.block_on(restore::restore(&args.from, &target)).map_err(anyhow::Error::from).map(|restored| {
+                let member = (target.node_id, target.address.as_str());
+                output::snapshot_restored(
+                    cli.global.json,
+                    &args.from,
+                    &restored.header,
+                    &target.data_dir,
+                    member,
+                    restored.version,
+                )
+            })
         }
         Command::Client(command) => runtime.block_on(commands::run(&cli.global, command)),
     };

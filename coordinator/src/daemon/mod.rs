@@ -1,4 +1,5 @@
 //! The coordinator daemon: configuration and process lifecycle.
 
 pub mod config;
+pub mod restore;
 pub mod server;

@@ -38,6 +38,9 @@ use crate::raft::NodeId;
 use crate::raft::Raft;
 use crate::raft::StorageError;
 
+/// The sled database's directory inside the data dir.
+pub const SLED_DIR: &str = "sled";
+
 /// Why a coordinator could not start or bootstrap.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -147,7 +150,7 @@ impl Coordinator {
             listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
 
-        let sled_path = config.data_dir.join("sled");
+        let sled_path = config.data_dir.join(SLED_DIR);
         let db =
             DurableDb::open(&sled_path).map_err(|source| StartError::Storage { path: sled_path.clone(), source })?;
         let log_store = LogStore::open(&db).map_err(|source| StartError::Log { path: sled_path.clone(), source })?;
