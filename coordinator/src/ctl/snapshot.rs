@@ -1,6 +1,7 @@
 //! `lbfleet snapshot save` and `snapshot verify`: the replicated state into a file, written
 //! atomically and checked on the way in; and the check of such a file.
 
+use std::fmt::Display;
 use std::fs::File;
 use std::io::BufWriter;
 use std::io::Write;
@@ -10,7 +11,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
-use anyhow::Context;
 use lbfleet_proto::backoff::Backoff;
 use lbfleet_proto::pb;
 use lbfleet_proto::transport;
@@ -50,11 +50,11 @@ pub async fn save(client: &Client, file: &Path, force: bool, timeout: Duration) 
     let mut stream = open(client, &endpoint, timeout).await?;
     let mut verifier = Verifier::new();
     while let Some(chunk) = transport::within(&endpoint, timeout, stream.message()).await.map_err(ClientError::from)? {
-        verifier.update(&chunk.data).with_context(|| format!("the snapshot {endpoint} sent"))?;
+        verifier.update(&chunk.data).map_err(because(format!("the snapshot {endpoint} sent")))?;
         temp.write(&chunk.data)?;
     }
     let received = verifier.received();
-    let header = verifier.finish().with_context(|| format!("the snapshot stream from {endpoint} ended"))?;
+    let header = verifier.finish().map_err(because(format!("the snapshot stream from {endpoint} ended")))?;
     refuse_existing(file, force)?;
     temp.commit()?;
     Ok(SnapshotReport { file: file.into(), header, bytes: received, elapsed: Some(started.elapsed()) })
@@ -84,8 +84,8 @@ async fn open(client: &Client, endpoint: &str, timeout: Duration) -> anyhow::Res
 
 /// Checks the snapshot file `file` entirely: layout, checksum, and that its state decodes.
 pub fn verify(file: &Path) -> anyhow::Result<SnapshotReport> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let snapshot = snapshot_file::decode(&bytes).with_context(|| file.display().to_string())?;
+    let bytes = std::fs::read(file).map_err(because(format!("cannot read {}", file.display())))?;
+    let snapshot = snapshot_file::decode(&bytes).map_err(because(file.display()))?;
     Ok(SnapshotReport { file: file.into(), header: snapshot.header, bytes: bytes.len() as u64, elapsed: None })
 }
 
@@ -115,13 +115,13 @@ impl TempFile {
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+            .map_err(because(format!("cannot create {}", path.display())))?;
         Ok(TempFile { path, target: target.into(), writer: Some(BufWriter::with_capacity(1 << 20, file)) })
     }
 
     fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
         let writer = self.writer.as_mut().ok_or_else(|| anyhow::anyhow!("{} is closed", self.path.display()))?;
-        writer.write_all(data).with_context(|| format!("cannot write {}", self.path.display()))
+        writer.write_all(data).map_err(because(format!("cannot write {}", self.path.display())))
     }
 
     /// Syncs the file, renames it to its target and syncs the directory, so the target is
@@ -137,14 +137,17 @@ impl TempFile {
     fn rename(&mut self) -> anyhow::Result<()> {
         let writer = self.writer.take().ok_or_else(|| anyhow::anyhow!("{} is closed", self.path.display()))?;
         let synced = writer.into_inner().map_err(|e| e.into_error()).and_then(|file| file.sync_all());
-        synced.with_context(|| format!("cannot write {}", self.path.display()))?;
-        std::fs::rename(&self.path, &self.target)
-            .with_context(|| format!("cannot rename {} to {}", self.path.display(), self.target.display()))?;
+        synced.map_err(because(format!("cannot write {}", self.path.display())))?;
+        std::fs::rename(&self.path, &self.target).map_err(because(format!(
+            "cannot rename {} to {}",
+            self.path.display(),
+            self.target.display()
+        )))?;
         let dir = match self.target.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        File::open(dir).and_then(|dir| dir.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+        File::open(dir).and_then(|dir| dir.sync_all()).map_err(because(format!("cannot sync {}", dir.display())))
     }
 }
 
@@ -155,4 +158,9 @@ impl Drop for TempFile {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Turns an error into one that says what failed first; the CLI prints only the outermost message.
+fn because<E: Display>(what: impl Display) -> impl FnOnce(E) -> anyhow::Error {
+    move |error| anyhow::anyhow!("{what}: {error}")
 }
