@@ -502,7 +502,7 @@ pub fn snapshot_restored(
     println!("  is version {version} of a new group whose only member is node {node_id} at {address}");
     println!(
         "next: start node {node_id} with `lbfleet coordinator run` on {} (--bootstrap is ignored), then add \
-         each other node, started with an empty data dir, with `lbfleet members add ID=ADDR`",
+         each other node, started with an empty data dir and without --bootstrap, with `lbfleet members add ID=ADDR`",
         data_dir.display()
     );
 }
