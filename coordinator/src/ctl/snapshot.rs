@@ -41,11 +41,23 @@ pub struct SnapshotReport {
 /// Asks the group for a snapshot and writes it to `file`: into a temporary file beside it,
 /// verified (length and checksum) as it arrives, synced, then renamed over `file`. An existing
 /// `file` is replaced only with `force`. `timeout` bounds the leader's first answer and then
-/// each chunk, so a node that dies or freezes mid-stream fails the save in time.
+/// each chunk, so a node that dies or freezes mid-stream fails the save in time. A failed or
+/// interrupted (SIGINT, SIGTERM) save removes its temporary file and leaves `file` as it was.
 pub async fn save(client: &Client, file: &Path, force: bool, timeout: Duration) -> anyhow::Result<SnapshotReport> {
     let started = Instant::now();
     refuse_existing(file, force)?;
     let mut temp = TempFile::beside(file)?;
+    let (header, received) = tokio::select! {
+        received = receive(client, &mut temp, timeout) => received?,
+        () = lbfleet_proto::process::shutdown_signal() => anyhow::bail!("interrupted; {} was not written", file.display()),
+    };
+    refuse_existing(file, force)?;
+    temp.commit()?;
+    Ok(SnapshotReport { file: file.into(), header, bytes: received, elapsed: Some(started.elapsed()) })
+}
+
+/// Streams the snapshot into `temp`, checking it on the way; its header and size.
+async fn receive(client: &Client, temp: &mut TempFile, timeout: Duration) -> anyhow::Result<(SnapshotHeader, u64)> {
     let endpoint = format!("coordinator {}", client.endpoint());
     let mut stream = open(client, &endpoint, timeout).await?;
     let mut verifier = Verifier::new();
@@ -55,9 +67,7 @@ pub async fn save(client: &Client, file: &Path, force: bool, timeout: Duration) 
     }
     let received = verifier.received();
     let header = verifier.finish().map_err(because(format!("the snapshot stream from {endpoint} ended")))?;
-    refuse_existing(file, force)?;
-    temp.commit()?;
-    Ok(SnapshotReport { file: file.into(), header, bytes: received, elapsed: Some(started.elapsed()) })
+    Ok((header, received))
 }
 
 /// Opens the snapshot stream; while the group answers that it has no leader, asks again
