@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use lbfleet_proto::backoff::Backoff;
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
@@ -20,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::AbortOnDropHandle;
-use tonic::transport::ClientTlsConfig;
 use tonic::Status;
 use tonic::Streaming;
 use tracing::info;
@@ -89,7 +89,9 @@ enum StreamError {
 /// Runs the agent until the process is stopped.
 pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     let identity = Identity::new(Role::Agent, &config.host_id)?;
-    let tls = TlsDir::new(&config.tls_dir).client_config(&identity)?;
+    let tls = Credentials::client(&TlsDir::new(&config.tls_dir), &identity)?;
+    // Renewed certificates are used from the next connection on.
+    let _watcher = AbortOnDropHandle::new(tls.watch());
     let mut applier = Applier::new(config.clone()).await;
     let mut endpoints = config.endpoints.clone();
     let mut next = 0;
@@ -148,7 +150,7 @@ async fn reconcile_now(applier: &mut Applier) -> bool {
 }
 
 /// One stream's life, from connect to its end.
-async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, applier: &mut Applier) -> Ended {
+async fn stream(endpoint: &str, tls: &Arc<Credentials>, config: &AgentConfig, applier: &mut Applier) -> Ended {
     let (digest, entries) = applier.map_summary();
     let hello = pb::Hello {
         host_id: config.host_id.clone(),
@@ -367,7 +369,7 @@ pub enum OpenError {
 /// whatever the coordinator does (a frozen one accepts TCP and never answers).
 pub async fn open_stream(
     endpoint: &str,
-    tls: &ClientTlsConfig,
+    tls: &Arc<Credentials>,
     hello: pb::Hello,
 ) -> Result<(mpsc::Sender<pb::AgentMessage>, Streaming<pb::CoordinatorMessage>), OpenError> {
     let mut client = transport::agent_stream_client(transport::channel(endpoint, tls)?);
