@@ -231,6 +231,8 @@ async fn revoked_certificates_are_refused_and_their_stream_closed() -> anyhow::R
 
     let reply = client.write(Kind::Revoke(pb::Revoke { host: "lb-a".into(), serial: String::new() })).await?;
     assert!(reply.message.contains("revoked host lb-a"), "{}", reply.message);
+    let listed = client.status().await?.revocations;
+    assert!(listed.iter().any(|r| r.host == "lb-a" && r.revoked_at > 0), "{listed:?}");
     // The open stream is closed with the reason.
     let ended = stream_end(&mut agent_a).await.expect("the revoked host's stream stayed open");
     let status = ended.expect_err("the stream ended without an error");

@@ -11,6 +11,7 @@ use tonic::Status;
 use crate::raft::state_machine::Applied;
 use crate::state::names;
 use crate::state::revocations::RevocationTarget;
+use crate::state::revocations::Revocations;
 use crate::state::BatchSummary;
 use crate::state::Cluster;
 use crate::state::Command;
@@ -67,6 +68,17 @@ fn precheck(command: &Command) -> Result<(), StateError> {
         }
         _ => Ok(()),
     }
+}
+
+/// The revocations in force, for status.
+pub fn revocations(revocations: &Revocations) -> Vec<pb::Revocation> {
+    revocations
+        .list()
+        .map(|(target, revoked_at)| match target {
+            RevocationTarget::Host(host) => pb::Revocation { host, serial: String::new(), revoked_at },
+            RevocationTarget::Serial(serial) => pb::Revocation { host: String::new(), serial, revoked_at },
+        })
+        .collect()
 }
 
 /// Exactly one of a host and a serial; the serial in the form certificates are matched by.
