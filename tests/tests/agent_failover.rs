@@ -1,16 +1,25 @@
-//! The agent follows the leader: when the leader of a 3-process coordinator group is killed
+//! The agent follows the leader. When the leader of a 3-process coordinator group is killed
 //! (SIGKILL) or frozen (SIGSTOP: it keeps its sockets and answers nothing), the agent that
-//! streamed from it moves to the new leader, and a bind made after the fault reaches its HAProxy.
-//! Each run prints how long that took. Needs Docker and the lbfleet images: without them these
-//! fail when `CI` is set and otherwise do nothing. Needs `cargo build --bins` first.
+//! streamed from it moves to the new leader, and a bind made after the fault reaches its HAProxy;
+//! each run prints how long that took. These need Docker and the lbfleet images: without them
+//! they fail when `CI` is set and otherwise do nothing; and `cargo build --bins` first.
+//!
+//! The agent's leader search (`lbfleet_agent::leader::find`) is also checked on its own against
+//! an in-process group, without Docker: a frozen endpoint listed first costs nothing, a leader
+//! known only from a redirect is found, and a search beside a held stream never takes it over.
 
 use std::time::Duration;
 use std::time::Instant;
 
+use lbfleet_agent::leader;
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
+use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
 use lbfleet_proto::tls::TlsDir;
+use lbfleet_proto::transport::CONNECT_TIMEOUT;
+use lbfleet_proto::Identity;
+use lbfleet_proto::Role;
 use lbfleet_tests::docker_lab::add_agent_certs;
 use lbfleet_tests::docker_lab::docker_available;
 use lbfleet_tests::docker_lab::AgentOptions;
@@ -19,10 +28,14 @@ use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::READY;
+use lbfleet_tests::inproc::TestCluster;
 use lbfleet_tests::poll::wait_for;
 use lbfleet_tests::process::agent_binary;
 use lbfleet_tests::process::lbfleet_binary;
 use lbfleet_tests::process::ProcessCluster;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 const CLUSTER: &str = "c1";
 const SHARD: &str = "web-1";
@@ -271,4 +284,80 @@ async fn agent_follows_a_killed_leader() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_follows_a_frozen_leader() -> anyhow::Result<()> {
     agent_follows_the_leader(Fault::Freeze).await
+}
+
+/// Accepts every connection and never reads or answers, like a frozen coordinator.
+struct FrozenPeer {
+    address: String,
+    task: JoinHandle<()>,
+}
+
+impl FrozenPeer {
+    async fn start() -> anyhow::Result<FrozenPeer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let task = tokio::spawn(async move {
+            let mut held: Vec<TcpStream> = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Ok(FrozenPeer { address, task })
+    }
+}
+
+impl Drop for FrozenPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The first message of an opened stream, which for a new agent is the full state.
+async fn first_update(opened: &mut leader::Opened) -> anyhow::Result<CoordinatorKind> {
+    let message = tokio::time::timeout(Duration::from_secs(10), opened.inbound.message()).await??;
+    message.and_then(|m| m.kind).ok_or_else(|| anyhow::anyhow!("the stream closed without a message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_search_skips_frozen_nodes_follows_redirects_and_leaves_a_held_stream_alone() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 10_000).await?;
+    let client = cluster.client().await?;
+    client
+        .write(Kind::CreateCluster(pb::CreateCluster { name: CLUSTER.into(), haproxy_container: String::new() }))
+        .await?;
+    let add = pb::AddHost { id: HOST.into(), cluster: CLUSTER.into(), ..pb::AddHost::default() };
+    client.write(Kind::AddHost(add)).await?;
+    let leader = cluster.address(cluster.leader().await?);
+    let followers: Vec<String> =
+        cluster.running().into_iter().map(|id| cluster.address(id)).filter(|a| *a != leader).collect();
+    let tls = cluster.tls.client_config(&Identity::new(Role::Agent, HOST)?)?;
+    let hello = pb::Hello { host_id: HOST.into(), ..pb::Hello::default() };
+    let frozen = FrozenPeer::start().await?;
+
+    // All endpoints are asked at once: the frozen one first in the list holds nothing up.
+    let endpoints = [frozen.address.clone(), followers[0].clone(), leader.clone()];
+    let started = Instant::now();
+    let mut opened = leader::find(&endpoints, &tls, hello.clone(), None).await;
+    let took = started.elapsed();
+    assert_eq!(opened.endpoint, leader);
+    assert!(took < CONNECT_TIMEOUT, "the search waited {took:?} for the frozen endpoint");
+    assert!(matches!(first_update(&mut opened).await?, CoordinatorKind::Full(_)));
+    drop(opened);
+
+    // A leader not listed is reached through the address a follower names.
+    let endpoints = [followers[0].clone()];
+    let mut opened = tokio::time::timeout(WAIT, leader::find(&endpoints, &tls, hello.clone(), None)).await?;
+    assert_eq!(opened.endpoint, leader);
+    assert!(matches!(first_update(&mut opened).await?, CoordinatorKind::Full(_)));
+
+    // Beside a stream held on the leader, the search asks only the others, which name that leader:
+    // it finds nothing to move to, and the held stream stays the host's.
+    let endpoints = [leader.clone(), followers[0].clone(), followers[1].clone()];
+    let beside = leader::find(&endpoints, &tls, hello.clone(), Some(&leader));
+    assert!(tokio::time::timeout(Duration::from_secs(2), beside).await.is_err(), "the search took a stream");
+    let status = client.status().await?;
+    let agent = status.agents.iter().find(|a| a.host == HOST).expect("the agent is listed");
+    assert!(agent.connected, "{agent:?}");
+    drop(opened);
+    Ok(())
 }
