@@ -127,7 +127,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             }
             Ended::Failed(reason) => warn!(%endpoint, %reason, "coordinator stream ended"),
         }
-        // A stream that failed soon after it opened is not reopened at once, nor ever faster.
+        // A stream that lasted is replaced at once; one that ended soon after it opened waits, longer each time.
         if opened_at.elapsed() > STABLE_STREAM {
             backoff.reset();
         } else {

@@ -45,9 +45,10 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A killed leader drops the agent's connection at once: a new leader (elected within 0.8 s)
 /// must have it, caught up, within this, on a busy machine too.
 const KILL_BOUND: Duration = Duration::from_secs(6);
-/// A frozen leader says nothing: the agent must notice the silence (its suspicion after 4 s,
-/// its TTL of 10 s at the latest) and move.
-const FREEZE_BOUND: Duration = Duration::from_secs(12);
+/// A frozen leader says nothing: after 4 s of silence the agent looks for another leader, which
+/// the group elected meanwhile; it must have moved and caught up within this (its 10 s TTL
+/// alone would not do).
+const FREEZE_BOUND: Duration = Duration::from_secs(8);
 /// How often the leader's status is asked while waiting.
 const STATUS_POLL: Duration = Duration::from_millis(50);
 
