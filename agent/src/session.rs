@@ -40,7 +40,7 @@ pub use crate::leader::OPEN_DEADLINE;
 /// The agent sends a heartbeat this often.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// Silence from the coordinator for this long (two of its 2 s heartbeats) starts a look for
-/// another leader, with the stream still open: a frozen leader's successor is found at once.
+/// another leader, with the stream still open: a frozen leader's successor is found long before the TTL.
 const SUSPECT_AFTER: Duration = Duration::from_secs(4);
 /// Silence from the coordinator for this long means the stream is dead, leader found or not.
 const COORDINATOR_TTL: Duration = Duration::from_secs(10);
