@@ -8,4 +8,5 @@ pub mod config;
 pub mod desired;
 pub mod docker;
 pub mod haproxy;
+pub mod leader;
 pub mod session;

@@ -1,28 +1,28 @@
-//! The agent's one stream to the coordinator: connect (following the leader), resume from the
-//! held version, apply what arrives, answer with acks, nacks and reports, and reconnect with backoff.
+//! The agent's one stream to the coordinator leader: find the leader, resume from the held
+//! version, apply what arrives, answer with acks, nacks and reports, and move on when the leader
+//! dies or falls silent.
 
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::OptionFuture;
 use futures::FutureExt;
 use lbfleet_proto::backoff::Backoff;
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
 use lbfleet_proto::tls::TlsDir;
-use lbfleet_proto::transport;
-use lbfleet_proto::transport::AddressError;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
 use tokio::sync::mpsc;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
-use tonic::transport::ClientTlsConfig;
 use tonic::Status;
-use tonic::Streaming;
 use tracing::info;
 use tracing::warn;
 
@@ -31,18 +31,26 @@ use crate::applier::ApplyError;
 use crate::applier::MapFileGuard;
 use crate::config::AgentConfig;
 use crate::haproxy::MapFileWrite;
+use crate::leader;
+pub use crate::leader::open_stream;
+pub use crate::leader::OpenError;
+use crate::leader::Opened;
+pub use crate::leader::OPEN_DEADLINE;
 
 /// The agent sends a heartbeat this often.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// Silence from the coordinator for this long means the stream is dead.
+/// Silence from the coordinator for this long (two of its 2 s heartbeats) starts a look for
+/// another leader, with the stream still open: a frozen leader's successor is found long before the TTL.
+const SUSPECT_AFTER: Duration = Duration::from_secs(4);
+/// Silence from the coordinator for this long means the stream is dead, leader found or not.
 const COORDINATOR_TTL: Duration = Duration::from_secs(10);
-/// The longest a coordinator may take to accept a stream (TLS, authorization, leader check).
-pub const OPEN_DEADLINE: Duration = Duration::from_secs(5);
 /// The longest a message may wait for room on the stream: a frozen coordinator stops reading.
 const SEND_DEADLINE: Duration = COORDINATOR_TTL;
-/// Backoff bounds between connection attempts.
+/// Backoff bounds before a new stream, after one that ended soon after it opened.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A stream that lasted this long is replaced at once when it ends.
+const STABLE_STREAM: Duration = Duration::from_secs(30);
 
 /// Why the agent cannot start at all.
 #[derive(Debug, thiserror::Error)]
@@ -55,20 +63,17 @@ pub enum StartError {
 
 /// How one stream ended.
 enum Ended {
-    /// The coordinator named another node as leader (its address).
-    Redirect(String),
-    /// Anything else: try the next endpoint after a backoff.
+    /// While this coordinator was silent, the leader accepted a new stream: go on with that one.
+    Moved(Opened),
+    /// Anything else: find the leader again.
     Failed(StreamError),
     /// Our state does not fit the coordinator's deltas: start over from the full state.
     Resync(ApplyError),
 }
 
-/// Why a stream ended that the agent will reopen elsewhere.
+/// Why a stream ended that the agent will reopen.
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
-    /// The stream could not be opened.
-    #[error(transparent)]
-    Open(#[from] OpenError),
     /// The coordinator ended the stream with an error.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] Status),
@@ -81,6 +86,9 @@ enum StreamError {
     /// Nothing arrived for longer than the coordinator's TTL: it is frozen or cut off.
     #[error("the coordinator was silent for longer than {COORDINATOR_TTL:?}")]
     Silent,
+    /// Our certificate was renewed: the stream is reopened on a connection that presents it.
+    #[error("the certificate was renewed; reconnecting with it")]
+    Renewed,
     /// Our messages found no room for [`SEND_DEADLINE`]: the coordinator stopped reading.
     #[error("the coordinator stopped reading the stream")]
     Stalled,
@@ -89,22 +97,32 @@ enum StreamError {
 /// Runs the agent until the process is stopped.
 pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     let identity = Identity::new(Role::Agent, &config.host_id)?;
-    let tls = TlsDir::new(&config.tls_dir).client_config(&identity)?;
+    let tls = Credentials::client(&TlsDir::new(&config.tls_dir), &identity)?;
+    // Renewed certificates are used from the next connection on.
+    let _watcher = AbortOnDropHandle::new(tls.watch());
     let mut applier = Applier::new(config.clone()).await;
-    let mut endpoints = config.endpoints.clone();
-    let mut next = 0;
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-    let mut reconcile = tokio::time::interval(config.reconcile_interval);
+    let mut pause = Duration::ZERO;
+    let mut moved = None;
     loop {
-        let endpoint = endpoints[next % endpoints.len()].clone();
-        let connected_at = tokio::time::Instant::now();
-        match stream(&endpoint, &tls, &config, &mut applier).await {
-            Ended::Redirect(leader) => {
-                info!(%leader, "following the coordinator leader");
-                if !endpoints.contains(&leader) {
-                    endpoints.push(leader.clone());
-                }
-                next = endpoints.iter().position(|e| *e == leader).unwrap_or(0);
+        let opened = match moved.take() {
+            Some(opened) => opened,
+            None => {
+                let search = leader::find(&config.endpoints, &tls, hello(&config, &applier), None);
+                let paused_search = async {
+                    tokio::time::sleep(pause).await;
+                    search.await
+                };
+                reconciling(&mut applier, config.reconcile_interval, paused_search).await
+            }
+        };
+        let endpoint = opened.endpoint.clone();
+        let opened_at = Instant::now();
+        pause = Duration::ZERO;
+        match stream(opened, &tls, &config, &mut applier).await {
+            Ended::Moved(opened) => {
+                info!(from = %endpoint, to = %opened.endpoint, "coordinator silent; moved to the new leader");
+                moved = Some(opened);
                 continue;
             }
             Ended::Resync(reason) => {
@@ -114,19 +132,36 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             }
             Ended::Failed(reason) => warn!(%endpoint, %reason, "coordinator stream ended"),
         }
-        if connected_at.elapsed() > Duration::from_secs(30) {
+        // A stream that lasted is replaced at once; one that ended soon after it opened waits, longer each time.
+        if opened_at.elapsed() > STABLE_STREAM {
             backoff.reset();
+        } else {
+            pause = backoff.next_delay();
         }
-        next += 1;
-        // HAProxy keeps routing while we are away; keep repairing it from the state we hold.
-        let pause = tokio::time::sleep(backoff.next_delay());
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = &mut pause => break,
-                _ = reconcile.tick() => {
-                    reconcile_now(&mut applier).await;
-                }
+    }
+}
+
+/// This host's hello: the version and map it holds, so the leader can resume from them.
+fn hello(config: &AgentConfig, applier: &Applier) -> pb::Hello {
+    let (digest, entries) = applier.map_summary();
+    pb::Hello {
+        host_id: config.host_id.clone(),
+        last_applied_version: applier.version(),
+        map_digest: digest,
+        map_entries: entries,
+    }
+}
+
+/// Waits for `future` while no stream is open, reconciling every `every` meanwhile: HAProxy
+/// keeps routing while we are away, and we keep repairing it from the state we hold.
+async fn reconciling<T>(applier: &mut Applier, every: Duration, future: impl Future<Output = T>) -> T {
+    tokio::pin!(future);
+    let mut reconcile = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            output = &mut future => return output,
+            _ = reconcile.tick() => {
+                reconcile_now(applier).await;
             }
         }
     }
@@ -147,20 +182,9 @@ async fn reconcile_now(applier: &mut Applier) -> bool {
     }
 }
 
-/// One stream's life, from connect to its end.
-async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, applier: &mut Applier) -> Ended {
-    let (digest, entries) = applier.map_summary();
-    let hello = pb::Hello {
-        host_id: config.host_id.clone(),
-        last_applied_version: applier.version(),
-        map_digest: digest,
-        map_entries: entries,
-    };
-    let (out, mut inbound) = match open_stream(endpoint, tls, hello).await {
-        Ok(opened) => opened,
-        Err(OpenError::Status(status)) => return ended_by(status),
-        Err(error) => return Ended::Failed(error.into()),
-    };
+/// One stream's life, from the leader's acceptance to its end.
+async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, applier: &mut Applier) -> Ended {
+    let Opened { endpoint, out, mut inbound } = opened;
     info!(%endpoint, version = applier.version(), "connected to coordinator");
     // Heartbeats go out from their own task, so a long apply does not make the coordinator drop us.
     let beating = out.clone();
@@ -181,9 +205,14 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut reconcile = tokio::time::interval(config.reconcile_interval);
     let mut report = tokio::time::interval(config.report_interval);
-    let mut last_heard = tokio::time::Instant::now();
+    let mut last_heard = Instant::now();
+    // While the coordinator is silent, the leader it was may be gone: look for another one. Any
+    // message from this coordinator calls the search off.
+    let mut search = None;
     // A fresh connection starts with a reconcile: HAProxy may have changed while we were away.
     let mut reconcile_soon = true;
+    // Renewed certificates are presented on a new connection, so the coordinators see them now.
+    let mut renewals = tls.renewals();
     loop {
         if reconcile_soon {
             reconcile_soon = false;
@@ -197,7 +226,8 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
         tokio::select! {
             received = inbound.message() => match received {
                 Ok(Some(received)) => {
-                    last_heard = tokio::time::Instant::now();
+                    last_heard = Instant::now();
+                    search = None;
                     let Some(kind) = received.kind else { continue };
                     match kind {
                         CoordinatorKind::Heartbeat(_) => {}
@@ -211,17 +241,22 @@ async fn stream(endpoint: &str, tls: &ClientTlsConfig, config: &AgentConfig, app
                             if let Err(ended) = apply_burst(applier, update, &mut inbound, &out, &files).await {
                                 return ended;
                             }
-                            last_heard = tokio::time::Instant::now();
+                            last_heard = Instant::now();
                         }
                     }
                 }
                 Ok(None) => return Ended::Failed(StreamError::ClosedByCoordinator),
-                Err(status) => return ended_by(status),
+                Err(status) => return Ended::Failed(status.into()),
             },
+            _ = tokio::time::sleep_until(last_heard + SUSPECT_AFTER), if search.is_none() => {
+                info!(%endpoint, "coordinator silent; looking for another leader");
+                let hello = hello(config, applier);
+                search = Some(Box::pin(leader::find(&config.endpoints, tls, hello, Some(&endpoint))));
+            }
+            Some(opened) = OptionFuture::from(search.as_mut()) => return Ended::Moved(opened),
+            _ = tokio::time::sleep_until(last_heard + COORDINATOR_TTL) => return Ended::Failed(StreamError::Silent),
+            Ok(()) = renewals.changed() => return Ended::Failed(StreamError::Renewed),
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > COORDINATOR_TTL {
-                    return Ended::Failed(StreamError::Silent);
-                }
                 // A restarted HAProxy container holds only its map file; repair at once.
                 if applier.container_restarted().await {
                     info!("HAProxy container restarted; reconciling");
@@ -280,7 +315,7 @@ async fn apply_burst(
                 update => next = Some(update),
             },
             Some(Ok(None)) => ended = Some(Ended::Failed(StreamError::ClosedByCoordinator)),
-            Some(Err(status)) => ended = Some(ended_by(status)),
+            Some(Err(status)) => ended = Some(Ended::Failed(status.into())),
         }
     }
     if applied.is_some() {
@@ -342,44 +377,6 @@ async fn map_file_writer(
         busy.store(false, Ordering::Release);
         idle.notify_one();
     }
-}
-
-/// How a stream error ends the session: a redirect when it names the leader.
-fn ended_by(status: Status) -> Ended {
-    match transport::leader_hint(&status) {
-        Some(leader) => Ended::Redirect(leader.to_string()),
-        None => Ended::Failed(status.into()),
-    }
-}
-
-/// Why a stream could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The endpoint is not an address tonic can dial.
-    #[error(transparent)]
-    Address(#[from] AddressError),
-    /// The coordinator refused the stream, failed, or did not accept it within [`OPEN_DEADLINE`].
-    #[error("{}", .0.message())]
-    Status(#[from] Status),
-}
-
-/// Opens this host's stream on `endpoint` and sends `hello`; gives up after [`OPEN_DEADLINE`]
-/// whatever the coordinator does (a frozen one accepts TCP and never answers).
-pub async fn open_stream(
-    endpoint: &str,
-    tls: &ClientTlsConfig,
-    hello: pb::Hello,
-) -> Result<(mpsc::Sender<pb::AgentMessage>, Streaming<pb::CoordinatorMessage>), OpenError> {
-    let mut client = transport::agent_stream_client(transport::channel(endpoint, tls)?);
-    let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
-    // Room for 64 messages: the hello cannot block.
-    out.try_send(pb::AgentMessage::from(AgentKind::Hello(hello)))
-        .map_err(|_| Status::internal("stream closed before hello"))?;
-    // No grpc-timeout on the request: it would bound the life of the whole stream.
-    let request = tonic::Request::new(ReceiverStream::new(out_rx));
-    let coordinator = format!("coordinator {endpoint}");
-    let inbound = transport::within(&coordinator, OPEN_DEADLINE, client.session(request)).await?.into_inner();
-    Ok((out, inbound))
 }
 
 /// Queues `kind` on the stream, ending the session when the coordinator stopped taking messages.

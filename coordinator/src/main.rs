@@ -7,6 +7,7 @@ use clap::Parser;
 use clap::Subcommand;
 use lbfleet_coordinator::ctl::cli::GlobalArgs;
 use lbfleet_coordinator::ctl::cli::PkiCommand;
+use lbfleet_coordinator::ctl::cli::PkiIdentities;
 use lbfleet_coordinator::ctl::commands;
 use lbfleet_coordinator::ctl::output;
 use lbfleet_coordinator::daemon::config::CoordinatorSettings;
@@ -61,9 +62,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Pki(PkiCommand::Init { dir, coordinator, agent, admin }) => {
-            pki_init(&dir, &coordinator, &agent, &admin)
-        }
+        Command::Pki(PkiCommand::Init(asked)) => pki_issue(&asked, false),
+        Command::Pki(PkiCommand::Renew(asked)) => pki_issue(&asked, true),
         Command::Coordinator(CoordinatorCommand::Run(settings)) => {
             // --tls-dir is global to every command; for `coordinator run` it is one of the settings.
             let settings = CoordinatorSettings { tls_dir: cli.global.tls_dir.clone(), ..settings };
@@ -107,21 +107,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn pki_init(
-    dir: &std::path::Path,
-    coordinators: &[String],
-    agents: &[String],
-    admins: &[String],
-) -> anyhow::Result<()> {
+/// `pki init` (`renew` false) or `pki renew`: prints each identity's bundle and serial.
+fn pki_issue(asked: &PkiIdentities, renew: bool) -> anyhow::Result<()> {
     let mut identities = Vec::new();
-    for (role, names) in [(Role::Coordinator, coordinators), (Role::Agent, agents), (Role::Admin, admins)] {
+    for (role, names) in
+        [(Role::Coordinator, &asked.coordinator), (Role::Agent, &asked.agent), (Role::Admin, &asked.admin)]
+    {
         for name in names {
             identities.push(Identity::new(role, name)?);
         }
     }
-    for issued in pki::init(dir, &identities)? {
-        let what = if issued.created { "created" } else { "kept" };
-        println!("{what} {} ({})", issued.cert.display(), issued.identity);
+    let issued = if renew { pki::renew(&asked.dir, &identities)? } else { pki::init(&asked.dir, &identities)? };
+    for issued in issued {
+        let what = match (renew, issued.created) {
+            (true, _) => "renewed",
+            (false, true) => "created",
+            (false, false) => "kept",
+        };
+        println!("{what} {} in {} (serial {})", issued.identity, issued.bundle.display(), issued.serial);
     }
     Ok(())
 }

@@ -1,8 +1,13 @@
-//! `lbfleet pki init`: a development CA and one certificate per identity, written into a
-//! TLS directory in the layout `lbfleet_proto::tls::TlsDir` reads.
+//! `lbfleet pki init` and `lbfleet pki renew`: a development CA and one certificate per
+//! identity, in the layout `lbfleet_proto::tls::TlsDir` reads.
 //!
-//! Existing files are never overwritten: the CA and every certificate already present are
-//! checked and kept, so agents can be added later by running `init` again with more names.
+//! The operator's directory keeps `ca.pem` and `ca.key`, and one bundle per identity:
+//! `<role>-<name>/` with `ca.pem` and that identity's `.pem` and `.key` only. A host gets its
+//! bundle and nothing else, so no host ever holds the CA key or another identity's key.
+//!
+//! `init` never overwrites: the CA and every certificate already present are checked and
+//! kept, so agents can be added later by running it again with more names. `renew` replaces
+//! an identity's key and certificate in place; the daemons pick them up without a restart.
 
 use std::collections::HashSet;
 use std::fs;
@@ -15,8 +20,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 use std::time::SystemTime;
 
+use lbfleet_proto::identity::serial_hex;
 use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::tls::TlsError;
+use lbfleet_proto::tls::CA_CERT_FILE;
 use lbfleet_proto::tls::SERVER_NAME;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
@@ -45,20 +52,25 @@ const LEAF_VALIDITY: Duration = DAY.saturating_mul(731);
 const BACKDATE: Duration = DAY;
 const CA_COMMON_NAME: &str = "lbfleet development CA";
 
-/// What `init` did for one file.
+/// What `init` or `renew` did for one identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
     /// The identity the certificate names.
     pub identity: Identity,
     /// Where its certificate is; the key sits next to it with the `.key` extension.
     pub cert: PathBuf,
+    /// The identity's bundle: the directory to copy to its host.
+    pub bundle: PathBuf,
+    /// The certificate's serial, as revocations name it.
+    pub serial: String,
     /// Whether this run created it, rather than finding it in place.
     pub created: bool,
 }
 
-/// Creates the CA if `dir` has none (reusing an existing ca.pem/ca.key), then a certificate for every
-/// identity that has none yet; existing ones are checked and kept, so agents can be added later.
-/// Keys are written with mode 0600. Returns what exists for each identity asked (duplicates once).
+/// Creates the CA if `dir` has none (reusing an existing ca.pem/ca.key), then a bundle for every
+/// identity that has none yet; existing ones are checked and kept (a pair left directly in `dir`
+/// by an older layout is copied into its bundle). Keys are written with mode 0600. Returns what
+/// exists for each identity asked (duplicates once).
 pub fn init(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError> {
     let tls = TlsDir::new(dir);
     let mut seen = HashSet::new();
@@ -105,6 +117,9 @@ pub fn init(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError
     } else {
         None
     };
+    for identity in &present {
+        ensure_bundle(&tls, identity)?;
+    }
     if !missing.is_empty() {
         let loaded_ca;
         let ca: &Issuer<'_, KeyPair> = match &created_ca {
@@ -115,22 +130,80 @@ pub fn init(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError
             }
         };
         for identity in &missing {
-            let key = KeyPair::generate().map_err(|source| generate_error(identity, source))?;
-            let cert = leaf_params(identity)
-                .and_then(|params| params.signed_by(&key, ca))
-                .map_err(|source| generate_error(identity, source))?;
-            write_pair(&tls.cert_path(identity), &cert.pem(), &tls.key_path(identity), &key.serialize_pem())?;
+            let (cert, key) = issue(identity, ca)?;
+            let bundle = tls.bundle_path(identity);
+            create_dir(&bundle)?;
+            copy_ca(&tls, &bundle)?;
+            write_pair(&tls.cert_path(identity), &cert, &tls.key_path(identity), &key)?;
         }
     }
 
-    Ok(identities
-        .into_iter()
-        .map(|identity| Issued {
-            identity: identity.clone(),
-            cert: tls.cert_path(identity),
-            created: missing.contains(&identity),
-        })
-        .collect())
+    identities.into_iter().map(|identity| issued(&tls, identity, missing.contains(&identity))).collect()
+}
+
+/// Replaces each identity's key and certificate in its bundle with new ones from the CA in `dir`.
+/// Each file is replaced by a rename, so a daemon reading the bundle sees the old pair or the new
+/// one; until it has both it keeps using the old one.
+pub fn renew(dir: &Path, identities: &[Identity]) -> Result<Vec<Issued>, PkiError> {
+    let tls = TlsDir::new(dir);
+    let (ca_cert, ca_key) = (tls.ca_cert_path(), tls.ca_key_path());
+    if !exists(&ca_key)? {
+        return Err(PkiError::CaKeyMissing { cert: ca_cert, key: ca_key });
+    }
+    for identity in identities {
+        let bundle = tls.bundle_path(identity);
+        if !exists(&bundle)? {
+            return Err(PkiError::NotIssued { identity: identity.clone(), bundle });
+        }
+    }
+    let ca = load_authority(&ca_cert, &ca_key)?;
+    let mut renewed = Vec::new();
+    for identity in identities {
+        let (cert, key) = issue(identity, &ca)?;
+        copy_ca(&tls, &tls.bundle_path(identity))?;
+        replace(&tls.key_path(identity), &key, 0o600)?;
+        replace(&tls.cert_path(identity), &cert, 0o644)?;
+        renewed.push(issued(&tls, identity, true)?);
+    }
+    Ok(renewed)
+}
+
+/// A new key and a certificate for `identity` signed by `ca`, both as PEM.
+fn issue(identity: &Identity, ca: &Issuer<'_, KeyPair>) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(|source| generate_error(identity, source))?;
+    let cert = leaf_params(identity)
+        .and_then(|params| params.signed_by(&key, ca))
+        .map_err(|source| generate_error(identity, source))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Makes sure `identity` has a bundle: a pair found directly in the directory is copied into one.
+fn ensure_bundle(tls: &TlsDir, identity: &Identity) -> Result<(), PkiError> {
+    let bundle = tls.bundle_path(identity);
+    if exists(&bundle)? {
+        return copy_ca(tls, &bundle);
+    }
+    let (cert, key) = (tls.cert_path(identity), tls.key_path(identity));
+    let (cert_pem, key_pem) = (read_string(&cert)?, read_string(&key)?);
+    create_dir(&bundle)?;
+    copy_ca(tls, &bundle)?;
+    write_pair(&tls.cert_path(identity), &cert_pem, &tls.key_path(identity), &key_pem)
+}
+
+/// Puts the CA certificate into a bundle, or refreshes it when the CA's changed.
+fn copy_ca(tls: &TlsDir, bundle: &Path) -> Result<(), PkiError> {
+    let ca = read_string(&tls.ca_cert_path())?;
+    let copy = bundle.join(CA_CERT_FILE);
+    if exists(&copy)? && read_string(&copy)? == ca {
+        return Ok(());
+    }
+    replace(&copy, &ca, 0o644)
+}
+
+fn issued(tls: &TlsDir, identity: &Identity, created: bool) -> Result<Issued, PkiError> {
+    let cert = tls.cert_path(identity);
+    let serial = inspect_certificate(&cert, &read_string(&cert)?, |cert| serial_hex(cert.raw_serial()))?;
+    Ok(Issued { identity: identity.clone(), cert, bundle: tls.bundle_path(identity), serial, created })
 }
 
 /// Why `init` could not create or keep a file.
@@ -169,6 +242,9 @@ pub enum PkiError {
     /// Only one file of a certificate/key pair is here.
     #[error("{} exists but {} does not: remove it and rerun `lbfleet pki init`", present.display(), missing.display())]
     Incomplete { present: PathBuf, missing: PathBuf },
+    /// `renew` was asked for an identity `init` never issued.
+    #[error("{identity} has no bundle at {}: issue it with `lbfleet pki init` first", bundle.display())]
+    NotIssued { identity: Identity, bundle: PathBuf },
     /// An existing certificate fails the checks its users will make.
     #[error(transparent)]
     Existing(#[from] TlsError),
@@ -325,6 +401,18 @@ fn write_pair(cert_path: &Path, cert_pem: &str, key_path: &Path, key_pem: &str) 
     Ok(())
 }
 
+/// Replaces `path` by renaming a fully written and synced file over it.
+fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.new"));
+    let _ = fs::remove_file(&temporary);
+    write_new(&temporary, contents, mode)?;
+    fs::rename(&temporary, path).map_err(|source| {
+        let _ = fs::remove_file(&temporary);
+        PkiError::Write { path: path.to_path_buf(), source }
+    })
+}
+
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     let write_error = |source| PkiError::Write { path: path.to_path_buf(), source };
     // create_new: a file that appeared since the check is never overwritten.
@@ -343,6 +431,12 @@ fn generate_error(identity: &Identity, source: rcgen::Error) -> PkiError {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use std::sync::Arc;
+
+    use lbfleet_proto::credentials::Credentials;
+    use lbfleet_proto::credentials::Gate;
+    use lbfleet_proto::credentials::Reloaded;
+    use lbfleet_proto::tls_io;
     use x509_parser::extensions::GeneralName;
     use x509_parser::pem::parse_x509_pem;
 
@@ -361,16 +455,18 @@ mod tests {
         ]
     }
 
-    /// Every file of the directory with its contents, to compare runs.
+    /// Every file under the directory with its contents, to compare runs.
     fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut files: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| {
-                let path = entry.unwrap().path();
+        let mut files = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(snapshot(&path));
+            } else {
                 let contents = fs::read(&path).unwrap();
-                (path, contents)
-            })
-            .collect();
+                files.push((path, contents));
+            }
+        }
         files.sort();
         files
     }
@@ -405,7 +501,8 @@ mod tests {
         assert!(first.iter().all(|issued| issued.created));
         assert_eq!(first.len(), 4);
         let before = snapshot(&tls_dir);
-        assert_eq!(before.len(), 2 + 2 * 4);
+        // ca.pem and ca.key, then ca.pem, a certificate and a key in each of the 4 bundles.
+        assert_eq!(before.len(), 2 + 3 * 4);
 
         let second = init(&tls_dir, &fleet()).unwrap();
         assert!(second.iter().all(|issued| !issued.created));
@@ -440,12 +537,22 @@ mod tests {
         for issued in init(dir.path(), &fleet()).unwrap() {
             assert_eq!(issued.cert, tls.cert_path(&issued.identity));
             assert_eq!(Identity::from_cert_der(&cert_der(&issued.cert)).unwrap(), issued.identity);
-            tls.client_config(&issued.identity).unwrap();
+            tls.check(&issued.identity).unwrap();
+            // A bundle holds the CA certificate and its own pair, nothing else.
+            let mut bundle: Vec<String> = fs::read_dir(&issued.bundle)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            bundle.sort();
+            let stem = issued.identity.file_stem();
+            let mut expected = vec![format!("{stem}.key"), format!("{stem}.pem"), "ca.pem".to_string()];
+            expected.sort();
+            assert_eq!(bundle, expected);
+            TlsDir::new(&issued.bundle).check(&issued.identity).unwrap();
             let key_mode = fs::metadata(tls.key_path(&issued.identity)).unwrap().permissions().mode();
             assert_eq!(key_mode & 0o777, 0o600);
         }
         assert_eq!(fs::metadata(tls.ca_key_path()).unwrap().permissions().mode() & 0o777, 0o600);
-        tls.server_config(&id(Role::Coordinator, "1")).unwrap();
         assert_eq!(tls.admin_identity(None).unwrap(), id(Role::Admin, "ops"));
     }
 
@@ -540,6 +647,7 @@ mod tests {
         use std::task::Poll;
 
         use lbfleet_proto::identity::authorize;
+        use lbfleet_proto::identity::peer_certified;
         use lbfleet_proto::Role;
         use tonic::body::Body;
         use tonic::codegen::http;
@@ -569,8 +677,10 @@ mod tests {
             }
 
             fn call(&mut self, request: Request<()>) -> Self::Future {
-                let identity = authorize(&request, &[Role::Admin, Role::Coordinator]);
-                std::future::ready(identity.map(|identity| Response::new(identity.to_string())))
+                let answer = authorize(&request, &[Role::Admin, Role::Coordinator])
+                    .and_then(|_| peer_certified(&request))
+                    .map(|certified| Response::new(format!("{} {}", certified.identity, certified.serial)));
+                std::future::ready(answer)
             }
         }
 
@@ -592,59 +702,129 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn issued_certificates_authenticate_over_mtls() {
-        use tonic::codegen::http::uri::PathAndQuery;
-        use tonic::transport::Channel;
-        use tonic::transport::Server;
-        use tonic_prost::ProstCodec;
-
-        let dir = tempfile::tempdir().unwrap();
-        let tls = TlsDir::new(dir.path());
-        init(dir.path(), &fleet()).unwrap();
-
+    /// A WhoAmI server on loopback with `node-b`'s credentials from `dir`, refusing what `gate` refuses.
+    async fn whoami_server(dir: &Path, gate: Gate) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let credentials = Credentials::server(&TlsDir::new(dir), &id(Role::Coordinator, "node-b"), gate).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::builder()
-            .tls_config(tls.server_config(&id(Role::Coordinator, "node-b")).unwrap())
-            .unwrap()
-            .add_service(whoami::WhoAmI)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-        let server = tokio::spawn(server);
+        let incoming = tls_io::accept(listener, credentials.clone(), Duration::from_secs(3));
+        let server = tonic::transport::Server::builder().add_service(whoami::WhoAmI).serve_with_incoming(incoming);
+        let watcher = credentials.watch();
+        let task = tokio::spawn(async move {
+            let _ = server.await;
+            watcher.abort();
+        });
+        (addr, task)
+    }
 
-        let call = |config: tonic::transport::ClientTlsConfig| {
-            async move {
-                // Dialled by IP: the certificate is checked against SERVER_NAME, not the address.
-                let channel = Channel::from_shared(format!("https://{addr}"))
-                    .unwrap()
-                    .tls_config(config)
-                    .unwrap()
-                    .connect()
-                    .await
-                    .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
-                let mut grpc = tonic::client::Grpc::new(channel);
-                grpc.ready().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
-                let path = PathAndQuery::from_static(whoami::PATH);
-                grpc.unary(tonic::Request::new(()), path, ProstCodec::<(), String>::default())
-                    .await
-                    .map(|response| response.into_inner())
-            }
+    /// Calls WhoAmI at `addr` with `credentials` on a new connection: "<identity> <serial>".
+    async fn whoami(addr: std::net::SocketAddr, credentials: &Arc<Credentials>) -> Result<String, tonic::Status> {
+        use tonic::codegen::http::uri::PathAndQuery;
+        use tonic_prost::ProstCodec;
+
+        // Dialled by IP: the certificate is checked against SERVER_NAME, not the address.
+        let channel = lbfleet_proto::transport::channel(&addr.to_string(), credentials).unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        let path = PathAndQuery::from_static(whoami::PATH);
+        grpc.unary(tonic::Request::new(()), path, ProstCodec::<(), String>::default()).await.map(|r| r.into_inner())
+    }
+
+    /// The serial of the certificate the server at `addr` presents in a new handshake.
+    async fn server_serial_seen(addr: std::net::SocketAddr, client: &Credentials) -> Option<String> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).ok()?;
+        let stream = tokio_rustls::TlsConnector::from(client.client_config()).connect(name, tcp).await.ok()?;
+        let leaf = stream.get_ref().1.peer_certificates()?.first()?.clone();
+        Some(lbfleet_proto::identity::Certified::from_der(&leaf).ok()?.serial)
+    }
+
+    fn open_gate() -> Gate {
+        Arc::new(|_| Ok(()))
+    }
+
+    #[tokio::test]
+    async fn issued_certificates_authenticate_over_mtls() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsDir::new(dir.path());
+        let issued = init(dir.path(), &fleet()).unwrap();
+        let serial_of = |identity: &Identity| issued.iter().find(|i| &i.identity == identity).unwrap().serial.clone();
+        let (addr, server) = whoami_server(dir.path(), open_gate()).await;
+
+        let as_identity = |identity: Identity| {
+            let credentials = Credentials::client(&tls, &identity).unwrap();
+            async move { whoami(addr, &credentials).await }
         };
-
-        let as_identity = |identity: Identity| call(tls.client_config(&identity).unwrap());
-        assert_eq!(as_identity(id(Role::Admin, "ops")).await.unwrap(), "admin:ops");
-        assert_eq!(as_identity(id(Role::Coordinator, "1")).await.unwrap(), "coordinator:1");
+        let ops = id(Role::Admin, "ops");
+        assert_eq!(as_identity(ops.clone()).await.unwrap(), format!("admin:ops {}", serial_of(&ops)));
+        let node = id(Role::Coordinator, "1");
+        assert_eq!(as_identity(node.clone()).await.unwrap(), format!("coordinator:1 {}", serial_of(&node)));
         let denied = as_identity(id(Role::Agent, "lb-a")).await.unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(denied.message().contains("agent:lb-a"), "{}", denied.message());
 
-        // Issued later by the reloaded CA, while the server keeps running.
+        // Issued later by the same CA, while the server keeps running.
         init(dir.path(), &[id(Role::Admin, "late")]).unwrap();
-        assert_eq!(as_identity(id(Role::Admin, "late")).await.unwrap(), "admin:late");
+        assert!(as_identity(id(Role::Admin, "late")).await.unwrap().starts_with("admin:late "));
 
-        let ca = tonic::transport::Certificate::from_pem(fs::read(tls.ca_cert_path()).unwrap());
-        let anonymous = tonic::transport::ClientTlsConfig::new().ca_certificate(ca).domain_name(SERVER_NAME);
-        assert!(call(anonymous).await.is_err(), "a client without a certificate got through");
+        // A client certificate from another CA is refused at the handshake.
+        let other = tempfile::tempdir().unwrap();
+        init(other.path(), &[id(Role::Admin, "ops")]).unwrap();
+        let stranger = Credentials::client(&TlsDir::new(other.path()), &ops).unwrap();
+        assert!(whoami(addr, &stranger).await.is_err(), "a certificate of another CA got through");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn renewed_certificates_are_used_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsDir::new(dir.path());
+        init(dir.path(), &fleet()).unwrap();
+        let (addr, server) = whoami_server(dir.path(), open_gate()).await;
+        let ops = id(Role::Admin, "ops");
+        let client = Credentials::client(&tls, &ops).unwrap();
+        let before = whoami(addr, &client).await.unwrap();
+
+        let renewed = renew(dir.path(), &[ops.clone(), id(Role::Coordinator, "node-b")]).unwrap();
+        assert!(renewed.iter().all(|issued| issued.created));
+        assert_eq!(client.reload().unwrap(), Reloaded::Renewed { serial: renewed[0].serial.clone() });
+        assert_eq!(client.reload().unwrap(), Reloaded::Unchanged);
+        let after = whoami(addr, &client).await.unwrap();
+        assert_ne!(before, after);
+        assert_eq!(after, format!("admin:ops {}", renewed[0].serial));
+
+        // The server's watcher picks up its own renewed certificate: the next handshake shows it.
+        let server_serial = &renewed[1].serial;
+        let mut seen = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while &seen != server_serial && std::time::Instant::now() < deadline {
+            seen = server_serial_seen(addr, &client).await.unwrap_or_default();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(&seen, server_serial, "the server kept its old certificate");
+
+        // A key that does not belong to the certificate is refused and the current pair stays.
+        fs::copy(tls.key_path(&id(Role::Agent, "lb-a")), tls.key_path(&ops)).unwrap();
+        assert!(matches!(client.reload(), Err(TlsError::Refused { .. })));
+        assert_eq!(whoami(addr, &client).await.unwrap(), after);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn the_gate_refuses_certificates_at_the_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsDir::new(dir.path());
+        let issued = init(dir.path(), &fleet()).unwrap();
+        let refused_serial = issued.iter().find(|i| i.identity == id(Role::Admin, "ops")).unwrap().serial.clone();
+        let gate: Gate = Arc::new(move |certified| match certified.serial == refused_serial {
+            true => Err("revoked".to_string()),
+            false => Ok(()),
+        });
+        let (addr, server) = whoami_server(dir.path(), gate).await;
+        let refused = Credentials::client(&tls, &id(Role::Admin, "ops")).unwrap();
+        assert!(whoami(addr, &refused).await.is_err(), "a refused certificate got through");
+        let admitted = Credentials::client(&tls, &id(Role::Coordinator, "1")).unwrap();
+        assert!(whoami(addr, &admitted).await.unwrap().starts_with("coordinator:1 "));
         server.abort();
     }
 }

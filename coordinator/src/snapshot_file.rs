@@ -23,6 +23,7 @@ use ring::digest;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::state::revocations::unix_time;
 use crate::state::State;
 
 /// The first bytes of every snapshot file.
@@ -72,6 +73,7 @@ pub struct Counts {
     pub shards: u64,
     pub nodes: u64,
     pub bindings: u64,
+    pub revocations: u64,
 }
 
 impl Counts {
@@ -84,6 +86,7 @@ impl Counts {
             shards: len(state.shards.len()),
             nodes: len(state.nodes.len()),
             bindings: state.clusters.values().map(|c| len(c.bindings.len())).sum(),
+            revocations: len(state.revocations.hosts.len() + state.revocations.serials.len()),
         }
     }
 }
@@ -350,33 +353,10 @@ impl Verifier {
 }
 
 impl SnapshotHeader {
-    /// When the state was encoded, as UTC in RFC 3339 (`2025-01-31T12:00:00.000Z`).
+    /// When the state was encoded, as RFC 3339 UTC.
     pub fn created_utc(&self) -> String {
-        utc(self.created_unix_ms)
+        unix_time(self.created_unix_ms / 1000)
     }
-}
-
-/// Milliseconds since the Unix epoch as an RFC 3339 UTC time.
-fn utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, proleptic Gregorian calendar).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60,
-        unix_ms % 1000
-    )
 }
 
 #[cfg(test)]
@@ -384,6 +364,7 @@ mod tests {
     use lbfleet_proto::Fqdn;
 
     use super::*;
+    use crate::state::revocations::RevocationTarget;
     use crate::state::Command;
 
     fn state() -> State {
@@ -412,6 +393,8 @@ mod tests {
             let fqdn = Fqdn::parse(&format!("site-{i}.example.com")).unwrap();
             state.apply(&Command::Bind { fqdn, shard: "web-1".into(), cluster: None }).expect("bind");
         }
+        let revoked = Command::Revoke { target: RevocationTarget::Serial("4f2a".into()), at: 1_700_000_000 };
+        state.apply(&revoked).expect("revoke");
         state
     }
 
@@ -447,7 +430,7 @@ mod tests {
         assert_eq!(snapshot.state, state());
         let header = snapshot.header;
         assert_eq!((header.node_id, header.version, header.term), (2, 41, 3));
-        assert_eq!(header.counts, Counts { clusters: 1, hosts: 1, shards: 1, nodes: 1, bindings: 20 });
+        assert_eq!(header.counts, Counts { clusters: 1, hosts: 1, shards: 1, nodes: 1, bindings: 20, revocations: 1 });
         assert_eq!(header.members, origin().members);
         assert_eq!(header.lbfleet_version, env!("CARGO_PKG_VERSION"));
         // The layout is the documented one: the same parts assembled independently give the same file.
@@ -563,12 +546,5 @@ mod tests {
         let snapshot = decode(&encode(&State::default(), origin()).unwrap().seal()).unwrap();
         assert_eq!(snapshot.state, State::default());
         assert_eq!(snapshot.header.counts, Counts::default());
-    }
-
-    #[test]
-    fn times_print_as_utc() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(utc(1_735_689_599_999), "2024-12-31T23:59:59.999Z");
     }
 }

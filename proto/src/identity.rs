@@ -92,8 +92,10 @@ impl Identity {
 
     /// The identity named by the subject Common Name of a DER certificate.
     pub fn from_cert_der(der: &[u8]) -> Result<Identity, IdentityError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|error| IdentityError::BadCertificate { source: error.into() })?;
+        Certified::from_der(der).map(|certified| certified.identity)
+    }
+
+    fn from_cert(cert: &X509Certificate<'_>) -> Result<Identity, IdentityError> {
         let mut names = cert.subject().iter_common_name();
         let first = names.next().ok_or(IdentityError::NoCommonName)?;
         // Two CNs would let a certificate be read as two identities.
@@ -103,6 +105,44 @@ impl Identity {
         let common_name = first.as_str().map_err(|_| IdentityError::CommonNameNotText)?;
         Identity::parse(common_name)
     }
+}
+
+/// A certificate's identity and serial number: what revocations are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certified {
+    /// Who the certificate names.
+    pub identity: Identity,
+    /// The serial number as lowercase hex without separators or leading zero bytes.
+    pub serial: String,
+}
+
+impl Certified {
+    /// Reads the identity and serial of a DER certificate.
+    pub fn from_der(der: &[u8]) -> Result<Certified, IdentityError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|error| IdentityError::BadCertificate { source: error.into() })?;
+        Ok(Certified { identity: Identity::from_cert(&cert)?, serial: serial_hex(cert.raw_serial()) })
+    }
+}
+
+/// A serial number as `lbfleet` prints and accepts it: lowercase hex, leading zero bytes dropped
+/// (DER adds one to keep a serial positive, and tools differ on showing it).
+pub fn serial_hex(raw: &[u8]) -> String {
+    // An all-zero serial keeps its last byte.
+    let start = raw.iter().position(|byte| *byte != 0).unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Reads a serial as an operator may type it (`0A:1b:...`, `0x0a1b...`, any case) into [`serial_hex`]'s form.
+pub fn normalize_serial(typed: &str) -> Option<String> {
+    let digits: String = typed.trim().trim_start_matches("0x").chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || digits.len() > 40 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let padded = if digits.len() % 2 == 1 { format!("0{digits}") } else { digits };
+    let bytes: Vec<u8> =
+        (0..padded.len()).step_by(2).map(|i| u8::from_str_radix(&padded[i..i + 2], 16).expect("hex digits")).collect();
+    Some(serial_hex(&bytes))
 }
 
 impl fmt::Display for Identity {
@@ -161,12 +201,18 @@ fn validate_name(name: &str) -> Result<(), IdentityError> {
 // Status is what every tonic handler returns; boxing it here would only move the cost to callers.
 #[allow(clippy::result_large_err)]
 pub fn peer_identity<T>(request: &Request<T>) -> Result<Identity, Status> {
+    peer_certified(request).map(|certified| certified.identity)
+}
+
+/// The identity and serial of the caller's verified client certificate.
+#[allow(clippy::result_large_err)]
+pub fn peer_certified<T>(request: &Request<T>) -> Result<Certified, Status> {
     // The TLS layer has already verified the chain against the fleet CA; only the name is read here.
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("no client certificate: connect over mTLS with a certificate of the fleet CA")
     })?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("the client sent an empty certificate chain"))?;
-    Identity::from_cert_der(leaf).map_err(|error| Status::unauthenticated(format!("client certificate: {error}")))
+    Certified::from_der(leaf).map_err(|error| Status::unauthenticated(format!("client certificate: {error}")))
 }
 
 /// Checks the caller has one of `allowed` roles; Status::permission_denied naming the identity and the roles allowed.
@@ -220,6 +266,18 @@ mod tests {
             );
         }
         assert!(Identity::new(Role::Agent, &"a".repeat(NAME_MAX_LEN)).is_ok());
+    }
+
+    #[test]
+    fn serials_are_normalized() {
+        assert_eq!(serial_hex(&[0x00, 0x8a, 0x01]), "8a01");
+        assert_eq!(serial_hex(&[0x00]), "00");
+        assert_eq!(normalize_serial("00:8A:01").as_deref(), Some("8a01"));
+        assert_eq!(normalize_serial("0x8a01").as_deref(), Some("8a01"));
+        assert_eq!(normalize_serial("a01").as_deref(), Some("0a01"));
+        for bad in ["", "xyz", "8a 01", &"f".repeat(41)] {
+            assert_eq!(normalize_serial(bad), None, "{bad:?} accepted");
+        }
     }
 
     #[test]

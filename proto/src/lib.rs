@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod backoff;
+pub mod credentials;
 pub mod digest;
 pub mod fqdn;
 pub mod identity;
@@ -13,6 +14,7 @@ pub mod names;
 mod pb_impl;
 pub mod process;
 pub mod tls;
+pub mod tls_io;
 pub mod transport;
 
 pub use digest::MapDigest;

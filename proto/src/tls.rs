@@ -1,9 +1,10 @@
-//! The TLS directory: PEM files named after identities, checked on load and turned into
-//! tonic's mTLS configurations for coordinators (server side) and every client.
+//! The TLS directory: PEM files named after identities, checked on load.
 //!
-//! Layout: `ca.pem` and `ca.key` for the CA, `<role>-<name>.pem` and `<role>-<name>.key` for
-//! each identity. Only `ca.pem` and the caller's own pair are read; `ca.key` stays wherever
-//! certificates are issued.
+//! Two layouts are read. A host's bundle holds `ca.pem` and its own `<role>-<name>.pem` and
+//! `<role>-<name>.key` side by side. The operator's directory, written by `lbfleet pki init`,
+//! holds `ca.pem` and `ca.key` and one bundle per identity in a `<role>-<name>/` subdirectory;
+//! an identity is read from its bundle there. Only `ca.pem` and the caller's own pair are
+//! read; `ca.key` stays in the operator's directory.
 
 use std::fs;
 use std::io;
@@ -11,9 +12,6 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use thiserror::Error;
-use tonic::transport::Certificate;
-use tonic::transport::ClientTlsConfig;
-use tonic::transport::ServerTlsConfig;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
@@ -40,11 +38,15 @@ pub struct TlsDir {
     path: PathBuf,
 }
 
-/// The PEM text of one identity's certificate and key, checked against the CA.
-struct Loaded {
-    ca_pem: Vec<u8>,
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+/// The PEM text of one identity's certificate and key and of the CA, checked against each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pems {
+    /// `ca.pem`.
+    pub ca: Vec<u8>,
+    /// The identity's certificate.
+    pub cert: Vec<u8>,
+    /// The identity's private key.
+    pub key: Vec<u8>,
 }
 
 impl TlsDir {
@@ -68,90 +70,35 @@ impl TlsDir {
         self.path.join(CA_KEY_FILE)
     }
 
-    /// Path of `identity`'s certificate, e.g. `agent-lb-a.pem`.
+    /// The bundle directory of `identity` inside an operator's directory, e.g. `agent-lb-a/`.
+    pub fn bundle_path(&self, identity: &Identity) -> PathBuf {
+        self.path.join(identity.file_stem())
+    }
+
+    /// Path of `identity`'s certificate, e.g. `agent-lb-a.pem`: in its bundle when the directory
+    /// has one for it, else in the directory itself.
     pub fn cert_path(&self, identity: &Identity) -> PathBuf {
-        self.path.join(format!("{}.pem", identity.file_stem()))
+        self.identity_file(identity, "pem")
     }
 
-    /// Path of `identity`'s private key, e.g. `agent-lb-a.key`.
+    /// Path of `identity`'s private key, e.g. `agent-lb-a.key`, found like [`TlsDir::cert_path`].
     pub fn key_path(&self, identity: &Identity) -> PathBuf {
-        self.path.join(format!("{}.key", identity.file_stem()))
+        self.identity_file(identity, "key")
     }
 
-    /// Server side of a coordinator: its own cert/key, and client certificates required, verified against ca.pem.
-    pub fn server_config(&self, identity: &Identity) -> Result<ServerTlsConfig, TlsError> {
-        if identity.role != Role::Coordinator {
-            return Err(TlsError::NotCoordinator { identity: identity.clone() });
-        }
-        let loaded = self.load(identity)?;
-        // Client authentication stays mandatory: tonic only relaxes it with client_auth_optional(true).
-        Ok(ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(loaded.cert_pem, loaded.key_pem))
-            .client_ca_root(Certificate::from_pem(loaded.ca_pem)))
-    }
-
-    /// Client side: ca.pem as the only root, `identity`'s cert/key as client cert, domain name SERVER_NAME.
-    pub fn client_config(&self, identity: &Identity) -> Result<ClientTlsConfig, TlsError> {
-        let loaded = self.load(identity)?;
-        Ok(ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(loaded.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(loaded.cert_pem, loaded.key_pem))
-            .domain_name(SERVER_NAME))
-    }
-
-    /// Checks that `identity`'s certificate and key are present, name it, were issued by ca.pem and are valid now.
-    pub fn check(&self, identity: &Identity) -> Result<(), TlsError> {
-        self.load(identity).map(|_| ())
-    }
-
-    /// The one admin identity in the directory (an error lists the candidates if there are several);
-    /// `preferred` picks one by name.
-    pub fn admin_identity(&self, preferred: Option<&str>) -> Result<Identity, TlsError> {
-        if let Some(name) = preferred {
-            let identity = Identity::new(Role::Admin, name)?;
-            let path = self.cert_path(&identity);
-            if !path.exists() {
-                return Err(TlsError::Missing { path });
-            }
-            return Ok(identity);
-        }
-        let mut names = self.admin_names()?;
-        match names.len() {
-            0 => Err(TlsError::NoAdmin { dir: self.path.clone() }),
-            1 => Ok(Identity::new(Role::Admin, &names.remove(0))?),
-            _ => Err(TlsError::SeveralAdmins { dir: self.path.clone(), names }),
+    fn identity_file(&self, identity: &Identity, extension: &str) -> PathBuf {
+        let file = format!("{}.{extension}", identity.file_stem());
+        let bundle = self.bundle_path(identity);
+        if bundle.is_dir() {
+            bundle.join(file)
+        } else {
+            self.path.join(file)
         }
     }
 
-    /// Names of the `admin-<name>.pem` files, sorted; files whose name is not valid are ignored.
-    fn admin_names(&self) -> Result<Vec<String>, TlsError> {
-        let entries = fs::read_dir(&self.path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => TlsError::Missing { path: self.path.clone() },
-            _ => read_error(&self.path, source),
-        })?;
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| read_error(&self.path, source))?;
-            let file_name = entry.file_name();
-            let Some(file_name) = file_name.to_str() else {
-                continue;
-            };
-            let Some(name) = file_name
-                .strip_prefix(Role::Admin.as_str())
-                .and_then(|rest| rest.strip_prefix('-'))
-                .and_then(|rest| rest.strip_suffix(".pem"))
-            else {
-                continue;
-            };
-            if Identity::new(Role::Admin, name).is_ok() {
-                names.push(name.to_string());
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-
-    fn load(&self, identity: &Identity) -> Result<Loaded, TlsError> {
+    /// Reads `identity`'s pair and the CA, checking that the certificate names the identity,
+    /// was issued by ca.pem, is valid now and, for a coordinator, carries [`SERVER_NAME`].
+    pub fn load(&self, identity: &Identity) -> Result<Pems, TlsError> {
         let ca_path = self.ca_cert_path();
         let cert_path = self.cert_path(identity);
         let key_path = self.key_path(identity);
@@ -187,7 +134,63 @@ impl TlsDir {
         }
         pem_block(&key_path, &key_pem, PemKind::PrivateKey)?;
 
-        Ok(Loaded { ca_pem, cert_pem, key_pem })
+        Ok(Pems { ca: ca_pem, cert: cert_pem, key: key_pem })
+    }
+
+    /// Checks that `identity`'s certificate and key are present, name it, were issued by ca.pem and are valid now.
+    pub fn check(&self, identity: &Identity) -> Result<(), TlsError> {
+        self.load(identity).map(|_| ())
+    }
+
+    /// The one admin identity in the directory or its bundles (an error lists the candidates if
+    /// there are several); `preferred` picks one by name.
+    pub fn admin_identity(&self, preferred: Option<&str>) -> Result<Identity, TlsError> {
+        if let Some(name) = preferred {
+            let identity = Identity::new(Role::Admin, name)?;
+            let path = self.cert_path(&identity);
+            if !path.exists() {
+                return Err(TlsError::Missing { path });
+            }
+            return Ok(identity);
+        }
+        let mut names = self.admin_names()?;
+        match names.len() {
+            0 => Err(TlsError::NoAdmin { dir: self.path.clone() }),
+            1 => Ok(Identity::new(Role::Admin, &names.remove(0))?),
+            _ => Err(TlsError::SeveralAdmins { dir: self.path.clone(), names }),
+        }
+    }
+
+    /// Names of the `admin-<name>.pem` files and `admin-<name>/` bundles, sorted and once each;
+    /// entries whose name is not valid are ignored.
+    fn admin_names(&self) -> Result<Vec<String>, TlsError> {
+        let entries = fs::read_dir(&self.path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => TlsError::Missing { path: self.path.clone() },
+            _ => read_error(&self.path, source),
+        })?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| read_error(&self.path, source))?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            let Some(rest) = file_name.strip_prefix(Role::Admin.as_str()).and_then(|rest| rest.strip_prefix('-'))
+            else {
+                continue;
+            };
+            let name = match rest.strip_suffix(".pem") {
+                Some(name) => name,
+                None if entry.path().join(format!("{file_name}.pem")).is_file() => rest,
+                None => continue,
+            };
+            if Identity::new(Role::Admin, name).is_ok() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 }
 
@@ -237,6 +240,9 @@ pub enum TlsError {
         path.display()
     )]
     NoServerName { path: PathBuf },
+    /// The files load but TLS refuses them (e.g. a key that does not belong to the certificate).
+    #[error("{}: {reason}", path.display())]
+    Refused { path: PathBuf, reason: String },
     /// A server configuration was asked for a role that does not serve.
     #[error("{identity} cannot serve: only coordinator certificates carry the server name {SERVER_NAME}")]
     NotCoordinator { identity: Identity },
@@ -413,21 +419,20 @@ mod tests {
         leaf(&dir.0, &ca, "coordinator-1", "coordinator:1", &[SERVER_NAME, "127.0.0.1"]);
         leaf(&dir.0, &ca, "agent-lb-a", "agent:lb-a", &[]);
         let tls = TlsDir::new(&dir.0);
-        tls.server_config(&id(Role::Coordinator, "1")).unwrap();
-        tls.client_config(&id(Role::Coordinator, "1")).unwrap();
-        tls.client_config(&id(Role::Agent, "lb-a")).unwrap();
+        tls.check(&id(Role::Coordinator, "1")).unwrap();
+        tls.check(&id(Role::Agent, "lb-a")).unwrap();
     }
 
     #[test]
     fn missing_files_say_how_to_create_them() {
         let dir = TempDir::new("missing");
         let tls = TlsDir::new(&dir.0);
-        let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
+        let error = tls.check(&id(Role::Agent, "lb-a")).unwrap_err();
         assert!(matches!(&error, TlsError::Missing { path } if path.ends_with(CA_CERT_FILE)), "{error}");
         assert!(error.to_string().contains("lbfleet pki init"), "{error}");
 
         ca(&dir.0, "test CA");
-        let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
+        let error = tls.check(&id(Role::Agent, "lb-a")).unwrap_err();
         assert!(matches!(&error, TlsError::Missing { path } if path.ends_with("agent-lb-a.pem")), "{error}");
     }
 
@@ -436,7 +441,7 @@ mod tests {
         let dir = TempDir::new("misnamed");
         let ca = ca(&dir.0, "test CA");
         leaf(&dir.0, &ca, "agent-lb-a", "agent:lb-b", &[]);
-        let error = TlsDir::new(&dir.0).client_config(&id(Role::Agent, "lb-a")).unwrap_err();
+        let error = TlsDir::new(&dir.0).check(&id(Role::Agent, "lb-a")).unwrap_err();
         assert!(
             matches!(&error, TlsError::WrongIdentity { found, .. } if found == &id(Role::Agent, "lb-b")),
             "{error}"
@@ -452,7 +457,7 @@ mod tests {
         // Same CA name, new key: only the key identifier tells them apart.
         ca(&dir.0, "test CA");
         leaf(&dir.0, &old, "agent-lb-a", "agent:lb-a", &[]);
-        let error = TlsDir::new(&dir.0).client_config(&id(Role::Agent, "lb-a")).unwrap_err();
+        let error = TlsDir::new(&dir.0).check(&id(Role::Agent, "lb-a")).unwrap_err();
         assert!(matches!(error, TlsError::NotIssuedByCa { .. }), "{error}");
     }
 
@@ -463,9 +468,10 @@ mod tests {
         leaf(&dir.0, &ca, "coordinator-1", "coordinator:1", &["localhost"]);
         leaf(&dir.0, &ca, "agent-lb-a", "agent:lb-a", &[]);
         let tls = TlsDir::new(&dir.0);
-        let error = tls.server_config(&id(Role::Coordinator, "1")).unwrap_err();
+        let error = tls.check(&id(Role::Coordinator, "1")).unwrap_err();
         assert!(matches!(error, TlsError::NoServerName { .. }), "{error}");
-        let error = tls.server_config(&id(Role::Agent, "lb-a")).unwrap_err();
+        let open = std::sync::Arc::new(|_: &crate::identity::Certified| Ok(()));
+        let error = crate::credentials::Credentials::server(&tls, &id(Role::Agent, "lb-a"), open).unwrap_err();
         assert!(matches!(error, TlsError::NotCoordinator { .. }), "{error}");
     }
 
@@ -476,10 +482,10 @@ mod tests {
         leaf(&dir.0, &ca, "agent-lb-a", "agent:lb-a", &[]);
         let tls = TlsDir::new(&dir.0);
         fs::write(dir.0.join("agent-lb-a.key"), "not a key").unwrap();
-        let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
+        let error = tls.check(&id(Role::Agent, "lb-a")).unwrap_err();
         assert!(matches!(error, TlsError::NotPem { expected: "private key", .. }), "{error}");
         fs::write(dir.0.join(CA_CERT_FILE), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
-        let error = tls.client_config(&id(Role::Agent, "lb-a")).unwrap_err();
+        let error = tls.check(&id(Role::Agent, "lb-a")).unwrap_err();
         assert!(matches!(error, TlsError::BadCertificate { .. }), "{error}");
     }
 

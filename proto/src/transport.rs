@@ -8,14 +8,15 @@
 //! endpoint that did not answer.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 use tonic::Status;
 
+use crate::credentials::Credentials;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::admin_server::Admin;
 use crate::pb::admin_server::AdminServer;
@@ -25,6 +26,7 @@ use crate::pb::agent_stream_server::AgentStreamServer;
 use crate::pb::raft_client::RaftClient;
 use crate::pb::raft_server::Raft;
 use crate::pb::raft_server::RaftServer;
+use crate::tls_io::Connector;
 
 /// Largest gRPC message on any lbfleet connection: bulk imports, snapshots and full states are big.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -56,22 +58,19 @@ pub struct AddressError {
 
 /// A lazily connecting mTLS channel to a coordinator's gRPC address (`host:port`).
 ///
-/// Connecting is bounded by [`CONNECT_TIMEOUT`] (TCP) and the TLS handshake timeout; a
-/// connection whose peer stops answering HTTP/2 PINGs is dropped. Calls still need
-/// [`within`]: a peer can answer PINGs and never answer a request.
-pub fn channel(address: &str, tls: &ClientTlsConfig) -> Result<Channel, AddressError> {
+/// Each connection it makes uses `credentials` as they are then, so renewed certificates are
+/// picked up on the next reconnect. Connecting is bounded by [`CONNECT_TIMEOUT`] (TCP) and
+/// again for the TLS handshake; a connection whose peer stops answering HTTP/2 PINGs is
+/// dropped. Calls still need [`within`]: a peer can answer PINGs and never answer a request.
+pub fn channel(address: &str, credentials: &Arc<Credentials>) -> Result<Channel, AddressError> {
     let error = |source| AddressError { address: address.to_string(), source };
-    let endpoint = Endpoint::from_shared(format!("https://{address}"))
-        .map_err(error)?
-        .tls_config(tls.clone().timeout(CONNECT_TIMEOUT))
-        .map_err(error)?;
+    // TLS is the connector's; the URI only carries host:port.
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(error)?;
     Ok(endpoint
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .connect_lazy())
+        .connect_with_connector_lazy(Connector::new(credentials.clone(), CONNECT_TIMEOUT)))
 }
 
 /// Runs one call to `endpoint`, giving up after `deadline` whatever the peer does.

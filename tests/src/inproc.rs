@@ -12,6 +12,7 @@ use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_coordinator::daemon::config::CoordinatorConfig;
 use lbfleet_coordinator::daemon::server::Coordinator;
 use lbfleet_coordinator::pki;
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
@@ -126,7 +127,7 @@ impl TestCluster {
     /// A CLI client bound to node `id` exactly (no leader discovery).
     pub async fn client_of(&self, id: u64) -> anyhow::Result<Client> {
         let admin = self.tls.admin_identity(None)?;
-        let tls = self.tls.client_config(&admin)?;
+        let tls = Credentials::client(&self.tls, &admin)?;
         Ok(Client::first_reachable(&[self.address(id)], &tls, Duration::from_secs(10)).await?)
     }
 

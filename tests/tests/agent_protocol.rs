@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lbfleet_coordinator::ctl::client::Client;
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::agent_stream_client::AgentStreamClient;
@@ -13,6 +14,7 @@ use lbfleet_proto::transport::LEADER_KEY;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
 use lbfleet_tests::inproc::TestCluster;
+use lbfleet_tests::poll::wait_for;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -32,7 +34,7 @@ impl ScriptedAgent {
         host: &str,
         version: u64,
     ) -> Result<Self, tonic::Status> {
-        let tls = cluster.tls.client_config(identity).expect("agent TLS");
+        let tls = Credentials::client(&cluster.tls, identity).expect("agent TLS");
         let channel = lbfleet_proto::transport::channel(&cluster.address(node), &tls).expect("channel");
         let (out, rx) = mpsc::channel(16);
         let hello = pb::Hello { host_id: host.into(), last_applied_version: version, ..Default::default() };
@@ -201,5 +203,77 @@ async fn streams_are_authorized_and_served_by_the_leader() -> anyhow::Result<()>
         ScriptedAgent::connect(&cluster, follower, &agent("lb-a"), "lb-a", 0).await.err().expect("redirect");
     let leader_address = redirected.metadata().get(LEADER_KEY).and_then(|v| v.to_str().ok()).map(str::to_string);
     assert_eq!(leader_address, Some(cluster.address(leader)));
+    Ok(())
+}
+
+/// Waits for the end of a stream, skipping what arrives before it; `None` if it stays open for 10 s.
+async fn stream_end(agent: &mut ScriptedAgent) -> Option<Result<(), tonic::Status>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, agent.inbound.message()).await {
+            Err(_) => return None,
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return Some(Ok(())),
+            Ok(Err(status)) => return Some(Err(status)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_are_refused_and_their_stream_closed() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 10_000).await?;
+    let client = cluster.client().await?;
+    setup(&client).await?;
+    let leader = cluster.leader().await?;
+
+    let mut agent_a = ScriptedAgent::connect(&cluster, leader, &agent("lb-a"), "lb-a", 0).await?;
+    assert!(matches!(agent_a.next_update().await, CoordinatorKind::Full(_)));
+
+    let reply = client.write(Kind::Revoke(pb::Revoke { host: "lb-a".into(), serial: String::new() })).await?;
+    assert!(reply.message.contains("revoked host lb-a"), "{}", reply.message);
+    let listed = client.status().await?.revocations;
+    assert!(listed.iter().any(|r| r.host == "lb-a" && r.revoked_at > 0), "{listed:?}");
+    // The open stream is closed with the reason.
+    let ended = stream_end(&mut agent_a).await.expect("the revoked host's stream stayed open");
+    let status = ended.expect_err("the stream ended without an error");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("host lb-a was revoked"), "{}", status.message());
+
+    // Every coordinator refuses a new connection with that certificate once it applied the revocation.
+    for node in cluster.running() {
+        let what = format!("node {node} to refuse the revoked certificate");
+        wait_for(&what, Duration::from_secs(10), || async {
+            ScriptedAgent::connect(&cluster, node, &agent("lb-a"), "lb-a", 0).await.err()
+        })
+        .await?;
+    }
+    // Another host is not affected: it gets as far as being told it is not registered.
+    let other = ScriptedAgent::connect(&cluster, leader, &agent("lb-b"), "lb-b", 0).await.err().expect("unregistered");
+    assert_eq!(other.code(), tonic::Code::FailedPrecondition, "{other:?}");
+
+    // Lifting the revocation lets the host back in.
+    client.write(Kind::Unrevoke(pb::Unrevoke { host: "lb-a".into(), serial: String::new() })).await?;
+    let mut back = wait_for("the host to be let back in", Duration::from_secs(10), || async {
+        ScriptedAgent::connect(&cluster, leader, &agent("lb-a"), "lb-a", 0).await.ok()
+    })
+    .await?;
+    assert!(matches!(back.next_update().await, CoordinatorKind::Full(_)));
+
+    // By serial: only that certificate is refused; the one issued after it connects.
+    let old_serial = Credentials::client(&cluster.tls, &agent("lb-a"))?.serial();
+    let colons: Vec<String> =
+        old_serial.as_bytes().chunks(2).map(|pair| String::from_utf8_lossy(pair).to_uppercase()).collect();
+    client.write(Kind::Revoke(pb::Revoke { host: String::new(), serial: colons.join(":") })).await?;
+    let ended = stream_end(&mut back).await.expect("the stream of a revoked serial stayed open");
+    assert_eq!(ended.expect_err("closed without an error").code(), tonic::Code::PermissionDenied);
+    lbfleet_coordinator::pki::renew(cluster.tls.path(), &[agent("lb-a")])?;
+    assert_ne!(Credentials::client(&cluster.tls, &agent("lb-a"))?.serial(), old_serial);
+    let mut renewed = ScriptedAgent::connect(&cluster, leader, &agent("lb-a"), "lb-a", 0).await?;
+    assert!(matches!(renewed.next_update().await, CoordinatorKind::Full(_)));
+
+    let bad = client.write(Kind::Revoke(pb::Revoke { host: "lb-a".into(), serial: "0a".into() })).await.unwrap_err();
+    assert!(bad.to_string().contains("either a host or a certificate serial"), "{bad}");
+    let bad = client.write(Kind::Revoke(pb::Revoke { host: String::new(), serial: "xyz".into() })).await.unwrap_err();
+    assert!(bad.to_string().contains("invalid certificate serial"), "{bad}");
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_coordinator::ctl::client::ClientError;
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
 use lbfleet_proto::Identity;
@@ -207,13 +208,13 @@ async fn wrong_certificates_and_plaintext_are_refused() -> anyhow::Result<()> {
     let other = tempfile::tempdir()?;
     let stranger = Identity::new(Role::Admin, "test")?;
     lbfleet_coordinator::pki::init(other.path(), std::slice::from_ref(&stranger))?;
-    let other_tls = lbfleet_proto::tls::TlsDir::new(other.path()).client_config(&stranger)?;
+    let other_tls = Credentials::client(&lbfleet_proto::tls::TlsDir::new(other.path()), &stranger)?;
     let refused = Client::first_reachable(std::slice::from_ref(&address), &other_tls, Duration::from_secs(3)).await;
     assert!(matches!(refused, Err(ClientError::Unreachable { .. })), "foreign CA accepted");
 
     // An agent certificate of the right CA may not use the operator API.
     let agent = Identity::new(Role::Agent, "lb-a")?;
-    let agent_tls = cluster.tls.client_config(&agent)?;
+    let agent_tls = Credentials::client(&cluster.tls, &agent)?;
     let refused = Client::first_reachable(std::slice::from_ref(&address), &agent_tls, Duration::from_secs(3)).await;
     let Err(ClientError::Unreachable { tried }) = refused else { panic!("agent certificate accepted") };
     assert!(tried[0].to_string().contains("agent:lb-a"), "{tried:?}");
@@ -225,7 +226,7 @@ async fn wrong_certificates_and_plaintext_are_refused() -> anyhow::Result<()> {
         .await
         .expect_err("agent may not call Raft");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    let admin_tls = cluster.tls.client_config(&cluster.tls.admin_identity(None)?)?;
+    let admin_tls = Credentials::client(&cluster.tls, &cluster.tls.admin_identity(None)?)?;
     let channel = lbfleet_proto::transport::channel(&address, &admin_tls)?;
     let status = pb::raft_client::RaftClient::new(channel)
         .append_entries(pb::RaftPayload { data: vec![] })

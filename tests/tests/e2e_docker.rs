@@ -4,6 +4,7 @@
 //! Needs `cargo build --bins` first (`tests/run.sh` does it).
 
 use futures::StreamExt;
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::agent_stream_client::AgentStreamClient;
@@ -27,8 +28,6 @@ use lbfleet_tests::process::agent_binary;
 use lbfleet_tests::process::lbfleet_binary;
 use lbfleet_tests::process::ClusterOptions;
 use lbfleet_tests::process::ProcessCluster;
-use tonic::transport::ClientTlsConfig;
-use tonic::transport::Endpoint;
 
 const SHARD: &str = "web-1";
 const BACKEND: &str = "shard-web-1";
@@ -232,10 +231,10 @@ async fn haproxy_keeps_routing_while_the_coordinator_is_down_and_the_agent_recon
 /// Opens an agent stream with `tls` and says hello as `host_id`; the first message back, or the refusal.
 async fn open_stream(
     endpoint: &str,
-    tls: ClientTlsConfig,
+    tls: std::sync::Arc<Credentials>,
     host_id: &str,
 ) -> anyhow::Result<Result<pb::CoordinatorMessage, tonic::Status>> {
-    let channel = Endpoint::from_shared(format!("https://{endpoint}"))?.tls_config(tls)?.connect().await?;
+    let channel = lbfleet_proto::transport::channel(endpoint, &tls)?;
     let hello: pb::AgentMessage =
         AgentKind::Hello(pb::Hello { host_id: host_id.into(), ..pb::Hello::default() }).into();
     // The stream stays open after the hello, as an agent's does.
@@ -265,8 +264,8 @@ async fn an_agent_certificate_opens_only_its_own_hosts_stream() -> anyhow::Resul
         client.write(Kind::AddHost(add)).await?;
     }
     let tls = TlsDir::new(&cluster.tls_dir);
-    let lb_a = tls.client_config(&Identity::new(Role::Agent, "lb-a")?)?;
-    let admin = tls.client_config(&tls.admin_identity(None)?)?;
+    let lb_a = Credentials::client(&tls, &Identity::new(Role::Agent, "lb-a")?)?;
+    let admin = Credentials::client(&tls, &tls.admin_identity(None)?)?;
     let endpoint = cluster.endpoint(0);
 
     // lb-a's certificate saying hello as lb-b, which is registered: refused.
@@ -283,7 +282,7 @@ async fn an_agent_certificate_opens_only_its_own_hosts_stream() -> anyhow::Resul
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
     // And an agent certificate calls nothing else.
-    let channel = Endpoint::from_shared(format!("https://{endpoint}"))?.tls_config(lb_a)?.connect().await?;
+    let channel = lbfleet_proto::transport::channel(&endpoint, &lb_a)?;
     let refused = pb::admin_client::AdminClient::new(channel)
         .status(pb::StatusRequest {})
         .await

@@ -107,8 +107,9 @@ fn bind(fqdn: String, shard: &str) -> Kind {
     Kind::Bind(pb::Bind { fqdn, shard: shard.into(), cluster: String::new() })
 }
 
-/// Two clusters with hosts, shards and nodes (one of them removed again), bindings written
-/// singly and in a batch, some moved and some unbound. Returns the last version written.
+/// Two clusters with hosts, shards and nodes (one of them removed again), two revocations,
+/// bindings written singly and in a batch, some moved and some unbound. Returns the last
+/// version written.
 async fn populate(client: &Client) -> anyhow::Result<u64> {
     let mut writes = vec![
         Kind::CreateCluster(pb::CreateCluster { name: "eu".into(), haproxy_container: String::new() }),
@@ -141,6 +142,8 @@ async fn populate(client: &Client) -> anyhow::Result<u64> {
         }));
     }
     writes.push(Kind::RemoveNode(pb::RemoveNode { name: "web-3-old".into() }));
+    writes.push(Kind::Revoke(pb::Revoke { host: "lb-retired".into(), serial: String::new() }));
+    writes.push(Kind::Revoke(pb::Revoke { host: String::new(), serial: "4f2a01".into() }));
     for i in 0..SINGLE_BINDS {
         let shard = ["web-1", "web-2", "web-3"][i % 3];
         writes.push(bind(format!("single-{i}.example.com"), shard));
@@ -193,6 +196,8 @@ async fn a_snapshot_of_a_running_group_restores_into_a_new_group() -> anyhow::Re
     let client = cluster.client().await?;
     let written = populate(&client).await?;
     let before = views(&client).await?;
+    let revoked = client.status().await?.revocations;
+    assert_eq!(revoked.len(), 2);
     let leader = client.status().await?.current_leader;
     let follower = (0..cluster.size()).find(|&i| cluster.node_id(i) != leader).expect("3 nodes, 1 leader");
 
@@ -271,6 +276,8 @@ async fn a_snapshot_of_a_running_group_restores_into_a_new_group() -> anyhow::Re
     let total: usize = after.values().map(|v| v.bindings.len()).sum();
     assert_eq!(saved["counts"]["bindings"].as_u64(), Some(total as u64));
     assert_eq!(saved["counts"]["nodes"], 4);
+    assert_eq!(saved["counts"]["revocations"], 2);
+    assert_eq!(new_group.status().await?.revocations, revoked);
 
     // The new group takes writes, at versions above the restored one.
     let reply = new_group.write(bind("after-restore.example.com".into(), "web-3")).await?;

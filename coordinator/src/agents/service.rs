@@ -8,6 +8,8 @@ use std::time::Duration;
 use futures::Stream;
 use futures::StreamExt;
 use lbfleet_proto::identity::authorize;
+use lbfleet_proto::identity::peer_certified;
+use lbfleet_proto::identity::Certified;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::agent_message::Kind as AgentKind;
 use lbfleet_proto::pb::coordinator_message::Kind as CoordinatorKind;
@@ -77,6 +79,11 @@ impl pb::agent_stream_server::AgentStream for AgentStreamService {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let identity = authorize(&request, &[Role::Agent])?;
+        // The handshake refused certificates revoked before it; this catches a connection opened earlier.
+        let certified = peer_certified(&request)?;
+        if let Some(reason) = self.shared.read().state.revocations.refusal(&certified) {
+            return Err(Status::permission_denied(format!("{identity}: {reason}")));
+        }
         self.require_leader()?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -108,6 +115,7 @@ impl pb::agent_stream_server::AgentStream for AgentStreamService {
         info!(host.id = %hello.host_id, version = hello.last_applied_version, "agent connected");
         let session = Session {
             handle,
+            certified,
             shared: self.shared.clone(),
             registry: self.registry.clone(),
             raft: self.raft.clone(),
@@ -124,6 +132,8 @@ impl pb::agent_stream_server::AgentStream for AgentStreamService {
 /// The task that owns one agent's stream.
 struct Session {
     handle: SessionHandle,
+    /// The agent's certificate, checked against every revocation applied while the stream is open.
+    certified: Certified,
     shared: Arc<SharedState>,
     registry: Arc<AgentRegistry>,
     raft: Raft,
@@ -201,6 +211,9 @@ impl Session {
             let version = applied.version();
             if version == self.sent_version {
                 return Ok(());
+            }
+            if let Some(reason) = applied.state.revocations.refusal(&self.certified) {
+                return Err(End::Closed(Status::permission_denied(format!("stream closed: {reason}"))));
             }
             let Some(host) = applied.state.hosts.get(&self.handle.host) else {
                 return Err(End::Closed(Status::not_found(format!("host {:?} was removed", self.handle.host))));

@@ -282,6 +282,7 @@ impl AdminService {
             members,
             leader_address,
             agents: self.agents.all(self.shared.read().version()),
+            revocations: convert::revocations(&self.shared.read().state.revocations),
         }
     }
 }

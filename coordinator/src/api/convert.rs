@@ -2,6 +2,7 @@
 //!
 //! Requests are validated here, at the edge, before anything reaches the log.
 
+use lbfleet_proto::identity::normalize_serial;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind as PbKind;
 use lbfleet_proto::Fqdn;
@@ -9,6 +10,8 @@ use tonic::Status;
 
 use crate::raft::state_machine::Applied;
 use crate::state::names;
+use crate::state::revocations::RevocationTarget;
+use crate::state::revocations::Revocations;
 use crate::state::BatchSummary;
 use crate::state::Cluster;
 use crate::state::Command;
@@ -46,6 +49,8 @@ pub fn command_from_pb(command: Option<pb::Command>) -> Result<Command, Status> 
             }
             Command::BindBatch { cluster: batch.cluster, entries }
         }
+        PbKind::Revoke(r) => Command::Revoke { target: revocation_target(r.host, r.serial)?, at: unix_now() },
+        PbKind::Unrevoke(u) => Command::Unrevoke { target: revocation_target(u.host, u.serial)? },
     };
     precheck(&command).map_err(state_error_to_status)?;
     Ok(command)
@@ -63,6 +68,35 @@ fn precheck(command: &Command) -> Result<(), StateError> {
         }
         _ => Ok(()),
     }
+}
+
+/// The revocations in force, for status.
+pub fn revocations(revocations: &Revocations) -> Vec<pb::Revocation> {
+    revocations
+        .list()
+        .map(|(target, revoked_at)| match target {
+            RevocationTarget::Host(host) => pb::Revocation { host, serial: String::new(), revoked_at },
+            RevocationTarget::Serial(serial) => pb::Revocation { host: String::new(), serial, revoked_at },
+        })
+        .collect()
+}
+
+/// Exactly one of a host and a serial; the serial in the form certificates are matched by.
+fn revocation_target(host: String, serial: String) -> Result<RevocationTarget, Status> {
+    match (host.is_empty(), serial.is_empty()) {
+        (false, true) => Ok(RevocationTarget::Host(host)),
+        (true, false) => normalize_serial(&serial).map(RevocationTarget::Serial).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "invalid certificate serial {serial:?}: give it in hex, e.g. 5f:3a:0c or 5f3a0c"
+            ))
+        }),
+        _ => Err(Status::invalid_argument("name either a host or a certificate serial")),
+    }
+}
+
+/// Seconds since 1970, recorded in a revocation's log entry.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 fn fqdn(input: &str) -> Result<Fqdn, Status> {

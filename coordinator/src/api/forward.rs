@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb::admin_client::AdminClient;
 use lbfleet_proto::transport;
 use tonic::transport::Channel;
-use tonic::transport::ClientTlsConfig;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -19,14 +20,14 @@ pub const DEFAULT_FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Caches one mTLS channel per leader address, authenticated as this coordinator.
 pub struct Forwarder {
-    tls: ClientTlsConfig,
+    credentials: Arc<Credentials>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Forwarder {
-    /// Channels will present `tls`'s coordinator certificate.
-    pub fn new(tls: ClientTlsConfig) -> Forwarder {
-        Forwarder { tls, channels: Mutex::new(HashMap::new()) }
+    /// Channels will present this coordinator's certificate, as renewed.
+    pub fn new(credentials: Arc<Credentials>) -> Forwarder {
+        Forwarder { credentials, channels: Mutex::new(HashMap::new()) }
     }
 
     /// Sends `request` to the leader at `address` with `call`, within the deadline its caller gave.
@@ -56,7 +57,7 @@ impl Forwarder {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let created = transport::channel(address, &self.tls)
+        let created = transport::channel(address, &self.credentials)
             .map_err(|error| Status::unavailable(format!("cannot reach the leader: {error}")))?;
         channels.insert(address.to_string(), created.clone());
         Ok(created)

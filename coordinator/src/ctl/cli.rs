@@ -89,20 +89,29 @@ pub enum Command {
 /// `lbfleet pki ...`
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
-    /// Creates a CA (or reuses the one in DIR) and any certificates not yet there.
-    Init {
-        #[arg(long)]
-        dir: PathBuf,
-        /// Coordinator node ids, e.g. `--coordinator 1 2 3`.
-        #[arg(long, num_args = 1..)]
-        coordinator: Vec<String>,
-        /// Agent host ids.
-        #[arg(long, num_args = 1..)]
-        agent: Vec<String>,
-        /// Operator names.
-        #[arg(long, num_args = 1..)]
-        admin: Vec<String>,
-    },
+    /// Creates a CA (or reuses the one in DIR) and a bundle DIR/<role>-<name>/ (ca.pem and that
+    /// identity's certificate and key) for each identity not yet there; ca.key stays in DIR.
+    Init(PkiIdentities),
+    /// Issues a new key and certificate for each identity, in place in its bundle; running
+    /// daemons use them from their next connection, without a restart.
+    Renew(PkiIdentities),
+}
+
+/// The operator's directory and the identities a `pki` command is about.
+#[derive(Debug, Args)]
+pub struct PkiIdentities {
+    /// The operator's directory: the CA and every bundle.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Coordinator node ids, e.g. `--coordinator 1 2 3`.
+    #[arg(long, num_args = 1..)]
+    pub coordinator: Vec<String>,
+    /// Agent host ids.
+    #[arg(long, num_args = 1..)]
+    pub agent: Vec<String>,
+    /// Operator names.
+    #[arg(long, num_args = 1..)]
+    pub admin: Vec<String>,
 }
 
 /// `lbfleet members add|remove`
@@ -146,6 +155,22 @@ pub enum HostCommand {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Refuses a host's certificates from now on, or one certificate by serial, and closes the
+    /// host's stream; recorded in the replicated state, so every coordinator refuses it.
+    Revoke(RevocationArgs),
+    /// Lifts a revocation made with `host revoke`.
+    Unrevoke(RevocationArgs),
+}
+
+/// A host, or a certificate serial.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevocationArgs {
+    /// Every certificate of this agent host.
+    pub host: Option<String>,
+    /// One certificate, by the serial `lbfleet pki` printed (hex, colons allowed).
+    #[arg(long)]
+    pub serial: Option<String>,
 }
 
 /// `lbfleet shard ...`

@@ -4,6 +4,7 @@
 //! coordinator that accepts connections and never answers fails the call in time.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
@@ -11,13 +12,13 @@ use std::time::Instant;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lbfleet_proto::backoff::Backoff;
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::admin_client::AdminClient;
 use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::transport;
 use lbfleet_proto::transport::AddressError;
 use tonic::transport::Channel;
-use tonic::transport::ClientTlsConfig;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -76,7 +77,7 @@ fn list(failures: &[EndpointFailure]) -> String {
 pub struct Client {
     /// Every endpoint given, where a new leader is looked for.
     endpoints: Vec<String>,
-    tls: ClientTlsConfig,
+    tls: Arc<Credentials>,
     timeout: Duration,
     node: Mutex<Node>,
 }
@@ -98,13 +99,13 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, ClientError> {
         let admin = tls_dir.admin_identity(identity)?;
-        let tls = tls_dir.client_config(&admin)?;
+        let tls = Credentials::client(tls_dir, &admin)?;
         let node = Self::find_leader(endpoints, &tls, timeout).await?;
         Ok(Client { endpoints: endpoints.to_vec(), tls, timeout, node: Mutex::new(node) })
     }
 
     /// The leader if it can be found, else the first endpoint (in the order given) that answered.
-    async fn find_leader(endpoints: &[String], tls: &ClientTlsConfig, timeout: Duration) -> Result<Node, ClientError> {
+    async fn find_leader(endpoints: &[String], tls: &Arc<Credentials>, timeout: Duration) -> Result<Node, ClientError> {
         let (node, status) = Self::probe_all(endpoints, tls, timeout).await?;
         // The leader may be known only by the address its peers use; talk to it when we can,
         // followers would forward anyway. A listed leader already failed its probe.
@@ -124,7 +125,7 @@ impl Client {
     /// given order that answered is taken (a follower forwards to the leader).
     async fn probe_all(
         endpoints: &[String],
-        tls: &ClientTlsConfig,
+        tls: &Arc<Credentials>,
         timeout: Duration,
     ) -> Result<(Node, pb::StatusReply), ClientError> {
         if endpoints.is_empty() {
@@ -163,7 +164,7 @@ impl Client {
     /// Connects to the first endpoint that answers, in the order given.
     pub async fn first_reachable(
         endpoints: &[String],
-        tls: &ClientTlsConfig,
+        tls: &Arc<Credentials>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
         if endpoints.is_empty() {
@@ -181,7 +182,7 @@ impl Client {
 
     /// Opens `endpoint` and proves it answers: a status call checks the TLS handshake and
     /// authorization, not just TCP.
-    pub async fn open(endpoint: &str, tls: &ClientTlsConfig, timeout: Duration) -> Result<Client, EndpointFailure> {
+    pub async fn open(endpoint: &str, tls: &Arc<Credentials>, timeout: Duration) -> Result<Client, EndpointFailure> {
         let (node, _) = Self::probe(endpoint, tls, timeout).await?;
         Ok(Client { endpoints: vec![endpoint.to_string()], tls: tls.clone(), timeout, node: Mutex::new(node) })
     }
@@ -189,7 +190,7 @@ impl Client {
     /// The status of the node at `endpoint`, from the one call that also proves it answers.
     pub async fn status_of(
         endpoint: &str,
-        tls: &ClientTlsConfig,
+        tls: &Arc<Credentials>,
         timeout: Duration,
     ) -> Result<pb::StatusReply, EndpointFailure> {
         Ok(Self::probe(endpoint, tls, timeout).await?.1)
@@ -198,7 +199,7 @@ impl Client {
     /// Opens `endpoint` and returns its status with it.
     async fn probe(
         endpoint: &str,
-        tls: &ClientTlsConfig,
+        tls: &Arc<Credentials>,
         timeout: Duration,
     ) -> Result<(Node, pb::StatusReply), EndpointFailure> {
         let admin = transport::admin_client(transport::channel(endpoint, tls)?);
@@ -211,7 +212,7 @@ impl Client {
     }
 
     /// The TLS settings this client authenticates with.
-    pub fn tls(&self) -> &ClientTlsConfig {
+    pub fn tls(&self) -> &Arc<Credentials> {
         &self.tls
     }
 

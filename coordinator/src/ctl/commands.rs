@@ -16,6 +16,7 @@ use super::cli::HostCommand;
 use super::cli::LbCommand;
 use super::cli::MembersCommand;
 use super::cli::NodeCommand;
+use super::cli::RevocationArgs;
 use super::cli::ShardCommand;
 use super::cli::SnapshotCommand;
 use super::client::Client;
@@ -55,6 +56,14 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 haproxy_container: haproxy_container.unwrap_or_default(),
             });
             output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Host(HostCommand::Revoke(target)) => {
+            let (host, serial) = revocation(target);
+            output::write_reply(json, &client.write(Kind::Revoke(pb::Revoke { host, serial })).await?);
+        }
+        Command::Host(HostCommand::Unrevoke(target)) => {
+            let (host, serial) = revocation(target);
+            output::write_reply(json, &client.write(Kind::Unrevoke(pb::Unrevoke { host, serial })).await?);
         }
         Command::Shard(ShardCommand::Create { name, cluster }) => {
             output::write_reply(json, &client.write(Kind::CreateShard(pb::CreateShard { name, cluster })).await?);
@@ -111,6 +120,11 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host and serial of a revocation as the wire carries them (empty when not given).
+fn revocation(target: RevocationArgs) -> (String, String) {
+    (target.host.unwrap_or_default(), target.serial.unwrap_or_default())
 }
 
 /// Commits a binding change and, with `wait`, returns only once every LB host applied it.

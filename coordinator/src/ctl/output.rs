@@ -10,6 +10,7 @@ use super::client::ClientError;
 use super::import::ImportReport;
 use super::snapshot::SnapshotReport;
 use crate::snapshot_file::SnapshotHeader;
+use crate::state::revocations::unix_time;
 
 fn print_json(value: &impl Serialize) {
     // Only maps with non-string keys fail to serialize, and nothing printed here has one.
@@ -208,6 +209,7 @@ struct StatusJson<'a> {
     term: u64,
     nodes: Vec<NodeJson<'a>>,
     agents: &'a [pb::AgentStatus],
+    revocations: &'a [pb::Revocation],
 }
 
 /// One member as it answered for itself, or why it did not.
@@ -255,6 +257,7 @@ pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::
             term: status.term,
             nodes,
             agents: &status.agents,
+            revocations: &status.revocations,
         });
     }
     match status.has_leader {
@@ -277,6 +280,22 @@ pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::
         }
     }
     agents(&status.agents);
+    revocations(&status.revocations);
+}
+
+/// The revoked hosts and serials, if any.
+fn revocations(revocations: &[pb::Revocation]) {
+    if revocations.is_empty() {
+        return;
+    }
+    println!();
+    for revocation in revocations {
+        let what = match revocation.host.is_empty() {
+            false => format!("host {}", revocation.host),
+            true => format!("certificate serial {}", revocation.serial),
+        };
+        println!("revoked: {what} since {}", unix_time(revocation.revoked_at));
+    }
 }
 
 /// One line per agent: connection, version and lag, drift, backend health.
@@ -456,8 +475,8 @@ fn snapshot_header(header: &SnapshotHeader) {
         header.lbfleet_version
     );
     println!(
-        "  {} clusters, {} hosts, {} shards, {} nodes, {} bindings",
-        c.clusters, c.hosts, c.shards, c.nodes, c.bindings
+        "  {} clusters, {} hosts, {} shards, {} nodes, {} bindings, {} revocations",
+        c.clusters, c.hosts, c.shards, c.nodes, c.bindings, c.revocations
     );
     let members: Vec<String> = header
         .members

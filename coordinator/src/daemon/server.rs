@@ -5,8 +5,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
+use lbfleet_proto::credentials::Credentials;
+use lbfleet_proto::credentials::Gate;
 use lbfleet_proto::tls::TlsDir;
+use lbfleet_proto::tls_io;
 use lbfleet_proto::transport;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
@@ -17,7 +21,7 @@ use openraft::ConfigError;
 use openraft::SnapshotPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::info;
 use tracing::warn;
 
@@ -111,13 +115,6 @@ pub enum StartError {
         #[from]
         source: RaftError<NodeId, InitializeError<NodeId, Member>>,
     },
-    /// tonic refuses the server TLS configuration.
-    #[error("TLS listener: {source}")]
-    TlsListener {
-        /// tonic's error.
-        #[from]
-        source: tonic::transport::Error,
-    },
 }
 
 /// A running coordinator node.
@@ -132,6 +129,8 @@ pub struct Coordinator {
     pub advertise: String,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Re-reads the certificates on change and SIGHUP for as long as the node runs.
+    _watcher: AbortOnDropHandle<()>,
 }
 
 impl Coordinator {
@@ -139,8 +138,9 @@ impl Coordinator {
     pub async fn start(config: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         let tls = TlsDir::new(&config.tls_dir);
         let identity = Identity::new(Role::Coordinator, &config.node_id.to_string())?;
-        let server_tls = tls.server_config(&identity)?;
-        let client_tls = tls.client_config(&identity)?;
+        // The gate reads the revocations of the applied state, filled in once storage is open.
+        let revocations: Arc<OnceLock<Arc<SharedState>>> = Arc::new(OnceLock::new());
+        let credentials = Credentials::server(&tls, &identity, revocation_gate(revocations.clone()))?;
 
         // Bind first: a node that cannot listen must fail before it locks its storage.
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -158,6 +158,7 @@ impl Coordinator {
         let state_machine =
             StateMachineStore::open(&db).map_err(|source| StartError::StateMachine { path: sled_path, source })?;
         let shared = state_machine.shared();
+        let _ = revocations.set(shared.clone());
 
         let raft_config = openraft::Config {
             cluster_name: "lbfleet".into(),
@@ -174,20 +175,23 @@ impl Coordinator {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            Network::new(client_tls.clone()),
+            Network::new(credentials.clone()),
             log_store,
             state_machine,
         )
         .await?;
 
         let agents = Arc::new(AgentRegistry::new(config.node_id));
-        let admin =
-            AdminService::new(raft.clone(), shared.clone(), Forwarder::new(client_tls), committed, agents.clone());
+        let admin = AdminService::new(
+            raft.clone(),
+            shared.clone(),
+            Forwarder::new(credentials.clone()),
+            committed,
+            agents.clone(),
+        );
         let agent_stream = AgentStreamService::new(raft.clone(), shared.clone(), agents);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
-            .tls_config(server_tls)?
-            .tcp_nodelay(true)
             // Frozen peers and agents are noticed by their unanswered PINGs, not only by TTLs.
             .http2_keepalive_interval(Some(transport::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(transport::KEEPALIVE_TIMEOUT))
@@ -195,13 +199,14 @@ impl Coordinator {
             .add_service(transport::agent_stream_server(agent_stream))
             .add_service(transport::admin_server(admin));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tls_io::accept(listener, credentials.clone(), transport::CONNECT_TIMEOUT),
             async {
                 let _ = stopped.await;
             },
         ));
+        let watcher = AbortOnDropHandle::new(credentials.watch());
         info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");
-        Ok(Coordinator { raft, shared, local_addr, advertise, stop, server })
+        Ok(Coordinator { raft, shared, local_addr, advertise, stop, server, _watcher: watcher })
     }
 
     /// Creates a new cluster with these members, unless this node's storage already belongs to one.
@@ -237,6 +242,18 @@ impl Coordinator {
             warn!(%error, "raft shutdown failed");
         }
     }
+}
+
+/// Refuses revoked client certificates at the handshake, by the state applied on this node.
+fn revocation_gate(state: Arc<OnceLock<Arc<SharedState>>>) -> Gate {
+    Arc::new(move |certified| match state.get() {
+        Some(shared) => match shared.read().state.revocations.refusal(certified) {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        },
+        // Storage opens before the listener serves; nothing can be refused earlier.
+        None => Ok(()),
+    })
 }
 
 /// Runs a coordinator until SIGINT/SIGTERM.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb::raft_client::RaftClient;
 use lbfleet_proto::pb::RaftPayload;
 use lbfleet_proto::transport;
@@ -24,7 +25,6 @@ use openraft::raft::VoteResponse;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
-use tonic::transport::ClientTlsConfig;
 
 use super::codec;
 use super::Member;
@@ -34,13 +34,13 @@ use super::TypeConfig;
 /// Creates one connection per peer, authenticated with this node's coordinator certificate.
 #[derive(Clone)]
 pub struct Network {
-    tls: ClientTlsConfig,
+    credentials: Arc<Credentials>,
 }
 
 impl Network {
-    /// A factory whose connections present `tls`'s client certificate.
-    pub fn new(tls: ClientTlsConfig) -> Network {
-        Network { tls }
+    /// A factory whose connections present this node's certificate, as renewed.
+    pub fn new(credentials: Arc<Credentials>) -> Network {
+        Network { credentials }
     }
 }
 
@@ -48,7 +48,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
-        let client = transport::channel(&node.addr, &self.tls).map(transport::raft_client).map_err(Arc::new);
+        let client = transport::channel(&node.addr, &self.credentials).map(transport::raft_client).map_err(Arc::new);
         Connection { target, address: node.addr.clone(), client }
     }
 }

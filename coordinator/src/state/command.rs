@@ -7,6 +7,9 @@ use lbfleet_proto::FqdnError;
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::revocations::unix_time;
+use super::revocations::RevocationTarget;
+
 /// One entry of the Raft log's application payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -28,6 +31,10 @@ pub enum Command {
     BindBatch { cluster: String, entries: Vec<(Fqdn, String)> },
     /// Independent commands from concurrent clients, committed as one log entry (group commit).
     Group(Vec<Command>),
+    /// Refuses a host's or one certificate's connections from now on; `at` is the Unix time it was asked.
+    Revoke { target: RevocationTarget, at: u64 },
+    /// Lifts a revocation.
+    Unrevoke { target: RevocationTarget },
 }
 
 /// What a successfully applied command did.
@@ -69,6 +76,14 @@ pub enum Response {
     Group(Vec<Result<Response, StateError>>),
     /// A Raft-internal entry (blank or membership) that changes no topology.
     Noop,
+    /// A revocation in force since `at` (earlier than asked when it was revoked already).
+    Revoked {
+        target: RevocationTarget,
+        at: u64,
+    },
+    Unrevoked {
+        target: RevocationTarget,
+    },
 }
 
 /// Counts of what a `BindBatch` did, and every entry it skipped with the reason.
@@ -88,6 +103,7 @@ pub enum ObjectKind {
     Shard,
     Node,
     Binding,
+    Revocation,
 }
 
 impl fmt::Display for ObjectKind {
@@ -98,6 +114,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Shard => "shard",
             ObjectKind::Node => "node",
             ObjectKind::Binding => "binding",
+            ObjectKind::Revocation => "revocation of",
         })
     }
 }
@@ -157,6 +174,10 @@ impl fmt::Display for Response {
             ),
             Response::Group(results) => write!(f, "{} commands", results.len()),
             Response::Noop => f.write_str("no change"),
+            Response::Revoked { target, at } => {
+                write!(f, "revoked {target} (since {}): coordinators refuse it and close its stream", unix_time(*at))
+            }
+            Response::Unrevoked { target } => write!(f, "lifted the revocation of {target}"),
         }
     }
 }

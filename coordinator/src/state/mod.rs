@@ -3,6 +3,7 @@
 pub mod changelog;
 mod command;
 pub mod names;
+pub mod revocations;
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,8 @@ pub use command::ObjectKind;
 pub use command::Response;
 pub use command::StateError;
 use lbfleet_proto::Fqdn;
+use revocations::RevocationTarget;
+use revocations::Revocations;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -27,6 +30,7 @@ pub struct State {
     pub hosts: BTreeMap<String, Host>,
     pub shards: BTreeMap<String, Shard>,
     pub nodes: BTreeMap<String, BackendNode>,
+    pub revocations: Revocations,
 }
 
 /// A load-balanced cluster: its config and its FQDN -> shard bindings.
@@ -90,6 +94,11 @@ impl State {
             Command::BindBatch { cluster, entries } => self.bind_batch(cluster, entries),
             // Each command succeeds or fails on its own, as if it had its own entry.
             Command::Group(commands) => Ok(Response::Group(commands.iter().map(|c| self.apply(c)).collect())),
+            Command::Revoke { target, at } => self.revoke(target, *at),
+            Command::Unrevoke { target } => match self.revocations.unrevoke(target) {
+                Some(_) => Ok(Response::Unrevoked { target: target.clone() }),
+                None => Err(not_found(ObjectKind::Revocation, &target.to_string())),
+            },
         }
     }
 
@@ -285,6 +294,24 @@ impl State {
             }
         }
         Ok(Response::Batch(summary))
+    }
+
+    fn revoke(&mut self, target: &RevocationTarget, at: u64) -> Result<Response, StateError> {
+        match target {
+            RevocationTarget::Host(host) => names::object_name("host id", host)?,
+            RevocationTarget::Serial(serial) => {
+                if lbfleet_proto::identity::normalize_serial(serial).as_deref() != Some(serial.as_str()) {
+                    return Err(StateError::Invalid {
+                        field: "certificate serial".into(),
+                        value: serial.clone(),
+                        reason: "must be hex digits, as `lbfleet pki` prints them".into(),
+                    });
+                }
+            }
+        }
+        // A host need not be in the topology: a removed host's certificate must stay refused too.
+        let at = self.revocations.revoke(target, at);
+        Ok(Response::Revoked { target: target.clone(), at })
     }
 
     fn cluster(&self, name: &str) -> Result<&Cluster, StateError> {
