@@ -327,7 +327,15 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&data_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [SLED_DIR]);
 
-        let db = DurableDb::open(&data_dir.join(SLED_DIR)).unwrap();
+        // sled lets go of its lock once its flusher thread notices the database was dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match DurableDb::open(&data_dir.join(SLED_DIR)) {
+                Ok(db) => break db,
+                Err(error) if std::time::Instant::now() > deadline => panic!("{error}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
         let mut machine = StateMachineStore::open(&db).unwrap();
         let (applied, membership) = machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), Some(restored.version));
