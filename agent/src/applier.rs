@@ -288,6 +288,8 @@ impl Applier {
         if self.desired.is_none() {
             return Ok(None);
         }
+        // A stopped HAProxy serves nothing and can run neither `haproxy -c` nor runtime commands.
+        self.start_if_stopped().await?;
         let (haproxy, desired) = self.driver();
         // The config too: a restarted container may have come back with an old file.
         haproxy.apply_config(&desired.topology).await?;
@@ -319,7 +321,26 @@ impl Applier {
         Ok(Some(drift))
     }
 
-    /// Whether the HAProxy container started again since the last look (its map is then only the file).
+    /// Starts the HAProxy container again when it is stopped, with the desired map file and config
+    /// in place first, since HAProxy reads both at start.
+    async fn start_if_stopped(&mut self) -> Result<(), ApplyError> {
+        let (haproxy, _) = self.driver();
+        if !haproxy.is_stopped().await? {
+            return Ok(());
+        }
+        warn!(container = %haproxy.target().container, "HAProxy container is stopped; starting it again");
+        // Without a shared map directory the file can only be written in a running container;
+        // the repair after the start fills the runtime map then.
+        if self.config.map_dir.is_some() {
+            self.write_map_file_now().await?;
+        }
+        let (haproxy, desired) = self.driver();
+        haproxy.start_stopped(&desired.topology).await?;
+        Ok(())
+    }
+
+    /// Whether the HAProxy container needs a reconcile now: it started again since the last look
+    /// (its map is then only the file), or it is stopped.
     pub async fn container_restarted(&mut self) -> bool {
         let (Some(docker), Some(desired)) = (&self.docker, &self.desired) else {
             return false;
@@ -328,7 +349,7 @@ impl Applier {
             return false;
         };
         let previous = self.container_started_at.replace(info.started_at.clone());
-        previous.is_some_and(|p| p != info.started_at)
+        !info.running || previous.is_some_and(|p| p != info.started_at)
     }
 
     /// A report of what HAProxy holds and how its backends are doing.

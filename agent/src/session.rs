@@ -257,9 +257,9 @@ async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, ap
             _ = tokio::time::sleep_until(last_heard + COORDINATOR_TTL) => return Ended::Failed(StreamError::Silent),
             Ok(()) = renewals.changed() => return Ended::Failed(StreamError::Renewed),
             _ = heartbeat.tick() => {
-                // A restarted HAProxy container holds only its map file; repair at once.
+                // A restarted HAProxy container holds only its map file, a stopped one serves nothing; repair at once.
                 if applier.container_restarted().await {
-                    info!("HAProxy container restarted; reconciling");
+                    info!("HAProxy container restarted or stopped; reconciling");
                     reconcile_soon = true;
                 }
             },

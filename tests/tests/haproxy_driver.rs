@@ -302,6 +302,54 @@ async fn apply_config_routes_to_a_node_and_refuses_an_invalid_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_stopped_by_a_broken_config_starts_again_with_the_rendered_one() {
+    if !docker_available() {
+        return;
+    }
+    let mut lab = Lab::new("stopped").expect("lab");
+    let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
+    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
+    let topology =
+        Topology { map_path: MAP_PATH.into(), backends: vec![Backend { name: "shard-web-1".into(), servers: vec![] }] };
+    let map: MapEntries = [("site.example.com".to_owned(), "shard-web-1".to_owned())].into();
+    haproxy.write_map_file(&map).await.expect("map file");
+    haproxy.apply_config(&topology).await.expect("config applied");
+    assert!(!haproxy.is_stopped().await.expect("inspect"));
+
+    // A hand edit HAProxy refuses, then a restart: HAProxy exits and the container stays down.
+    let config = lb.config_dir.join("haproxy.cfg");
+    let rendered = Haproxy::render_config(&topology).expect("rendered");
+    let break_config = || {
+        std::fs::write(&config, format!("{rendered}not-a-haproxy-keyword\n")).expect("edit");
+        docker(&["restart", "-t", "2", &lb.container]).expect("restart");
+    };
+    let stopped = || async { haproxy.is_stopped().await.ok()?.then_some(()) };
+    break_config();
+    wait_for("HAProxy to exit on the edited config", READY, stopped).await.expect("stopped");
+
+    let started = Instant::now();
+    haproxy.start_stopped(&topology).await.expect("started");
+    println!("start_stopped (config back, docker start, worker answers): {:?}", started.elapsed());
+    assert!(!haproxy.is_stopped().await.expect("inspect"));
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), rendered);
+    assert_eq!(haproxy.show_map().await.expect("show map"), entries(&[("site.example.com", "shard-web-1")]));
+    let answer = http_get(lb.http().expect("published port"), "unknown.example.com").await.expect("HTTP");
+    assert_eq!((answer.status, answer.body.as_str()), (404, "no such site\n"));
+
+    // Without the shared config directory the file cannot be put back: the container stops
+    // again at once, and that is an error, not a wait for the ready timeout.
+    break_config();
+    wait_for("HAProxy to exit again", READY, stopped).await.expect("stopped");
+    let mut target = haproxy.target().clone();
+    target.config_dir = None;
+    let blind = Haproxy::new(target, Some(DockerHost::connect(None).await.expect("docker")), RuntimeMode::Auto);
+    let started = Instant::now();
+    let err = blind.start_stopped(&topology).await.expect_err("started on a broken config");
+    assert!(matches!(err, HaproxyError::Exited { .. }), "{err:?}");
+    assert!(started.elapsed() < READY, "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_fallback_without_shared_directories() {
     if !docker_available() {
         return;

@@ -14,6 +14,7 @@ use tracing::info;
 use tracing::warn;
 
 use super::map_file::rename_synced;
+use super::map_file::replace_file;
 use super::map_file::write_synced;
 use super::Haproxy;
 use super::HaproxyError;
@@ -22,6 +23,7 @@ use super::CONFIG_PATH_IN_CONTAINER;
 use super::READY_TIMEOUT;
 use crate::desired::Backend;
 use crate::desired::Topology;
+use crate::docker::DockerError;
 
 /// Pause between readiness probes after a reload.
 const READY_POLL: Duration = Duration::from_millis(50);
@@ -169,6 +171,52 @@ impl Haproxy {
                 docker.start(container).await?;
                 self.wait_ready(None).await
             }
+        }
+    }
+
+    /// Whether the container exists and is stopped: HAProxy exited (a config it refuses, a crash)
+    /// or was stopped. Without Docker, or when the container is gone, there is nothing to start.
+    pub async fn is_stopped(&self) -> Result<bool, HaproxyError> {
+        let Some(docker) = self.docker.as_ref() else {
+            return Ok(false);
+        };
+        match docker.inspect(&self.target.container).await {
+            Ok(info) => Ok(!info.running),
+            Err(DockerError::NotFound { .. }) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Starts the stopped container with the config rendered for `topology` put back first: the
+    /// file it stopped on (edited by hand, say) would stop it again. No `haproxy -c` here, as it
+    /// needs the container running. Without a shared config directory it starts with the file it has.
+    pub async fn start_stopped(&self, topology: &Topology) -> Result<(), HaproxyError> {
+        let docker = self.docker("starting HAProxy")?;
+        let container = self.target.container.as_str();
+        let rendered = Haproxy::render_config(topology)?;
+        match self.config_file() {
+            Some(path) if self.read_config().await?.as_deref() != Some(rendered.as_str()) => {
+                let bytes = rendered.into_bytes();
+                let target = path.clone();
+                blocking(&path, move || replace_file(&target, &bytes)).await?;
+                info!(container, "haproxy.cfg put back while HAProxy was stopped");
+            }
+            Some(_) => {}
+            None => warn!(container, "no shared config directory: HAProxy starts with the config it has"),
+        }
+        docker.start(container).await?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, self.worker_pid()).await {
+                return Ok(());
+            }
+            if !docker.inspect(container).await?.running {
+                return Err(HaproxyError::Exited { container: container.to_owned() });
+            }
+            if Instant::now() >= deadline {
+                return Err(HaproxyError::Timeout { op: "waiting for HAProxy to start", after: READY_TIMEOUT });
+            }
+            tokio::time::sleep(READY_POLL).await;
         }
     }
 

@@ -111,6 +111,9 @@ pub enum HaproxyError {
     /// The reload itself failed.
     #[error("HAProxy reload failed: {message}")]
     Reload { message: String },
+    /// The container stopped again right after the agent started it.
+    #[error("HAProxy in {container} exited again right after it was started (see `docker logs {container}`)")]
+    Exited { container: String },
 }
 
 /// How the runtime API is reached; named in lower case as a flag value and in the config file.
