@@ -3,6 +3,12 @@
 # 2 LB hosts (agent + HAProxy each) and 2 shards of 2 nginx nodes, then binds the demo FQDNs.
 # Needs a Docker engine and docker-compose; no image registry (images are built locally).
 # Re-running it is safe; deploy/down.sh removes the fleet.
+#
+# A second fleet (the chaos tests' own) runs next to this one with its own LBFLEET_PROJECT
+# (compose project), LBFLEET_NAME_PREFIX (prepended to container names), LBFLEET_TLS_DIR and
+# ports (LBFLEET_PORT_1..3, LBFLEET_HTTP_PORT_LB_1/2, LBFLEET_STATS_PORT_LB_1/2).
+# LBFLEET_BIN_DIR takes lbfleet and lbfleet-agent from that directory (a debug build, say)
+# instead of building them with `cargo build --release`; LBFLEET_TAG tags the images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +19,19 @@ export LBFLEET_STATS_PORT_LB_1=${LBFLEET_STATS_PORT_LB_1:-8404} LBFLEET_STATS_PO
 export LBFLEET_ENDPOINTS=127.0.0.1:$LBFLEET_PORT_1,127.0.0.1:$LBFLEET_PORT_2,127.0.0.1:$LBFLEET_PORT_3
 DEMO_1=${LBFLEET_DEMO_FQDN:-demo.hosting.localhost}
 DEMO_2=${LBFLEET_DEMO_FQDN_2:-demo-2.hosting.localhost}
-compose=(docker-compose -p lbfleet -f deploy/docker-compose.yml)
+export LBFLEET_PROJECT=${LBFLEET_PROJECT:-lbfleet} LBFLEET_NAME_PREFIX=${LBFLEET_NAME_PREFIX:-}
+compose=(docker-compose -p "$LBFLEET_PROJECT" -f deploy/docker-compose.yml)
 
 step() { printf '\n==> %s\n' "$*"; }
 
 step "building binaries and images (reused when current)"
-cargo build --release --bin lbfleet --bin lbfleet-agent
-LBFLEET_BIN_DIR=$PWD/target/release docker/build-images.sh base haproxy node coordinator agent
-LBFLEET=target/release/lbfleet
+if [ -z "${LBFLEET_BIN_DIR:-}" ]; then
+  cargo build --release --bin lbfleet --bin lbfleet-agent
+  LBFLEET_BIN_DIR=${CARGO_TARGET_DIR:-$PWD/target}/release
+fi
+export LBFLEET_BIN_DIR
+docker/build-images.sh base haproxy node coordinator agent
+LBFLEET=$LBFLEET_BIN_DIR/lbfleet
 
 step "certificates in $LBFLEET_TLS_DIR"
 "$LBFLEET" pki init --dir "$LBFLEET_TLS_DIR" --coordinator 1 2 3 --agent lb-1 lb-2 --admin operator
@@ -39,13 +50,14 @@ step "topology: cluster demo, LB hosts lb-1 and lb-2, shards web-1 and web-2 wit
 # Re-running is fine: what exists already is reported and kept.
 "$LBFLEET" cluster create demo || true
 for lb in 1 2; do
-  "$LBFLEET" host add "lb-$lb" --cluster demo --haproxy-container "hosting-haproxy-lb-$lb" || true
+  "$LBFLEET" host add "lb-$lb" --cluster demo --haproxy-container "${LBFLEET_NAME_PREFIX}hosting-haproxy-lb-$lb" || true
 done
 for shard in 1 2; do
   "$LBFLEET" shard create "web-$shard" --cluster demo || true
   for node in 0 1; do
     name=web-$shard-node-$node
-    "$LBFLEET" node add "$name" --shard "web-$shard" --host "lb-$shard" --address "$name:80" --container "$name" || true
+    "$LBFLEET" node add "$name" --shard "web-$shard" --host "lb-$shard" --address "$name:80" \
+      --container "$LBFLEET_NAME_PREFIX$name" || true
   done
 done
 
