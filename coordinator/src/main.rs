@@ -96,7 +96,13 @@ fn main() -> ExitCode {
                 )
             })
         }
-        Command::Client(command) => runtime.block_on(commands::run(&cli.global, command)),
+        Command::Client(command) => {
+            let result = runtime.block_on(commands::run(&cli.global, command));
+            // Dropping the runtime would wait for name lookups still stuck in its blocking pool (a
+            // resolver that does not answer): the answer is printed, the deadline has passed.
+            runtime.shutdown_background();
+            result
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
