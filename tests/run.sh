@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs lbfleet's whole test suite: formatting, lints, unit, cluster, process and Docker tests.
-# Builds what the tests need first (binaries, and the HAProxy/nginx images without a registry).
+# Builds what the tests need first (binaries, and the images without a registry: HAProxy, nginx,
+# and the coordinator and agent images of the chaos tests' compose fleet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,18 +10,20 @@ step() { printf '\n==> %s\n' "$*"; }
 step "formatting"
 cargo fmt --all -- --check
 
+step "binaries used by the process tests"
+cargo build --workspace --bins
+
 step "images for the Docker tests"
 if docker info >/dev/null 2>&1; then
-  docker/build-images.sh base haproxy node
+  # The chaos tests run deploy/up.sh on the fleet's coordinator and agent images, made from
+  # these debug binaries (up.sh reuses them instead of a release build).
+  LBFLEET_BIN_DIR=$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd) docker/build-images.sh base haproxy node coordinator agent
 elif [ -n "${CI:-}" ]; then
   echo "error: CI is set but no Docker engine answers; the Docker tests cannot run" >&2
   exit 1
 else
   echo "no Docker engine: the Docker tests will say so and skip (they fail when CI is set)"
 fi
-
-step "binaries used by the process tests"
-cargo build --workspace --bins
 
 step "lints"
 cargo clippy --workspace --all-targets -- -D warnings

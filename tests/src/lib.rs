@@ -1,6 +1,7 @@
 //! Helpers shared by lbfleet's cross-process tests and benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod compose_fleet;
 pub mod docker_lab;
 pub mod inproc;
 pub mod measure;
