@@ -332,8 +332,9 @@ async fn write_stream(
 const INTERRUPTION: Duration = Duration::from_millis(500);
 
 /// How long after `at` writes are acknowledged again: the end of the first interruption of
-/// the acknowledgements after `at`, else the first acknowledgement after `at`.
-fn ok_again(records: &[Record], at: Instant) -> Option<Duration> {
+/// the acknowledgements after `at` that began before `until` (the heal: what follows it is
+/// the heal's doing), else the first acknowledgement after `at`.
+fn ok_again(records: &[Record], at: Instant, until: Option<Instant>) -> Option<Duration> {
     let mut acks: Vec<Instant> = records
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Acked(_)))
@@ -344,6 +345,9 @@ fn ok_again(records: &[Record], at: Instant) -> Option<Duration> {
     let first = *acks.first()?;
     let mut previous = at;
     for ack in acks {
+        if until.is_some_and(|until| previous >= until) {
+            break;
+        }
         if ack - previous > INTERRUPTION {
             return Some(ack - at);
         }
@@ -441,8 +445,8 @@ impl<'a> Chaos<'a> {
         let checked = self.check_history().await.with_context(|| format!("history check after: {fault}"))?;
         let figures = Figures {
             fault,
-            ok_again: ok_again(&records, fault_at),
-            after_heal: ok_again(&records, heal_at),
+            ok_again: ok_again(&records, fault_at, Some(heal_at)),
+            after_heal: ok_again(&records, heal_at, None),
             issued: records.len(),
             acked: records.iter().filter(|r| matches!(r.outcome, Outcome::Acked(_))).count(),
             failed: records.iter().filter(|r| !matches!(r.outcome, Outcome::Acked(_))).count(),
@@ -1116,9 +1120,13 @@ fn writes_are_ok_again_after_the_first_interruption() {
         took: Duration::from_millis(ms),
         outcome: if acked { Outcome::Acked(1) } else { Outcome::Unknown("down".into()) },
     };
+    let ms = Duration::from_millis;
     let stalled = [record(40, true), record(90, true), record(2_100, false), record(2_300, true), record(4_000, true)];
-    assert_eq!(ok_again(&stalled, at), Some(Duration::from_millis(2_300)));
+    assert_eq!(ok_again(&stalled, at, None), Some(ms(2_300)));
+    assert_eq!(ok_again(&stalled, at, Some(at + ms(1_000))), Some(ms(2_300)), "the interruption began before");
+    // An interruption that begins after the heal is the heal's, not the fault's.
+    assert_eq!(ok_again(&stalled, at, Some(at + ms(60))), Some(ms(40)));
     let steady = [record(40, true), record(90, true), record(150, true)];
-    assert_eq!(ok_again(&steady, at), Some(Duration::from_millis(40)));
-    assert_eq!(ok_again(&[record(100, false)], at), None);
+    assert_eq!(ok_again(&steady, at, None), Some(ms(40)));
+    assert_eq!(ok_again(&[record(100, false)], at, None), None);
 }
