@@ -75,6 +75,15 @@ const SERVED_AGAIN_BOUND: Duration = Duration::from_secs(10);
 /// `--timeout` of the write sent to a cut-off coordinator.
 const MINORITY_TIMEOUT_SECS: u64 = 5;
 
+/// Prints a line past the test harness's output capture: the figures belong in the log of
+/// every run, passed or failed.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// What the group holds for one FQDN: absent, or bound to a shard.
 type Held = Option<&'static str>;
 
@@ -456,9 +465,9 @@ impl<'a> Chaos<'a> {
             unsure: checked.unsure,
             longest: records.iter().map(|r| r.took).max().unwrap_or_default(),
         };
-        println!("{}\n{}  (version {})", Figures::header(), figures.line(), checked.version);
+        report!("{}\n{}  (version {})", Figures::header(), figures.line(), checked.version);
         for record in records.iter().filter(|r| r.outcome.error().is_some()).take(3) {
-            println!("    failed after {:?}: {}", record.took, record.outcome.error().unwrap_or_default());
+            report!("    failed after {:?}: {}", record.took, record.outcome.error().unwrap_or_default());
         }
         let newest =
             records.iter().filter_map(|r| if let Outcome::Acked(v) = r.outcome { Some(v) } else { None }).max();
@@ -707,7 +716,7 @@ fn absent_sample(model: &Model) -> Vec<String> {
 async fn minority_write(fleet: &ComposeFleet, container: &str, fqdn: &str) -> anyhow::Result<()> {
     let timeout = MINORITY_TIMEOUT_SECS.to_string();
     let ran = fleet.cli_inside(container, &["--timeout", &timeout, "bind", fqdn, SHARDS[0]]).await?;
-    println!("    write to the cut-off {container}: exit ok={} after {:?}: {}", ran.ok, ran.took, ran.stderr.trim());
+    report!("    write to the cut-off {container}: exit ok={} after {:?}: {}", ran.ok, ran.took, ran.stderr.trim());
     anyhow::ensure!(!ran.ok, "a bind sent only to the cut-off {container} succeeded: {}", ran.stdout.trim());
     // Finding the leader probes the endpoints and then the leader they name, each for at most
     // 3 s; the write gives up after the timeout.
@@ -767,7 +776,7 @@ async fn the_fleet_keeps_every_acknowledged_write_through_faults() -> anyhow::Re
     let started = Instant::now();
     let fleet = ComposeFleet::up("chaos").await?;
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    println!("write stream seed {seed}");
+    report!("write stream seed {seed}");
     let mut chaos = Chaos {
         fleet: &fleet,
         tls: fleet.client_tls()?,
@@ -777,9 +786,9 @@ async fn the_fleet_keeps_every_acknowledged_write_through_faults() -> anyhow::Re
         figures: Vec::new(),
     };
     let result = all_faults(&mut chaos).await;
-    println!("\nchaos on the compose fleet, {:.0?} in all:\n{}", started.elapsed(), Figures::header());
+    report!("\nchaos on the compose fleet, {:.0?} in all:\n{}", started.elapsed(), Figures::header());
     for figures in &chaos.figures {
-        println!("{}", figures.line());
+        report!("{}", figures.line());
     }
     if result.is_err() {
         eprintln!("{}", fleet.fleet_logs().await);
@@ -899,7 +908,7 @@ async fn cut_an_agent_off(chaos: &mut Chaos<'_>) -> anyhow::Result<()> {
     let heal_at = Instant::now();
     let lag = lag?;
     routed?;
-    println!("    while cut off, lbfleet status: lb-1 connected={} lag={}", lag["connected"], lag_of(&lag));
+    report!("    while cut off, lbfleet status: lb-1 connected={} lag={}", lag["connected"], lag_of(&lag));
     tokio::time::sleep(SETTLE).await;
     chaos.end(stream, "lb-1 agent cut off the coordinators".into(), fault_at, heal_at).await?;
     let deadline = Instant::now() + CONVERGE;
@@ -994,7 +1003,7 @@ async fn break_an_haproxy_config(chaos: &mut Chaos<'_>) -> anyhow::Result<()> {
         }
     };
     let heal_at = fault_at + served_after;
-    println!("    lb-1 served again {served_after:?} after the restart on a broken config (attempt {attempts})");
+    report!("    lb-1 served again {served_after:?} after the restart on a broken config (attempt {attempts})");
     tokio::time::sleep(SETTLE).await;
     chaos.end(stream, "lb-1 haproxy.cfg broken, HAProxy restarted".into(), fault_at, heal_at).await?;
     anyhow::ensure!(served_after <= SERVED_AGAIN_BOUND, "lb-1 was served again only after {served_after:?}");
@@ -1040,7 +1049,7 @@ async fn restart_an_agent_without_coordinators(chaos: &mut Chaos<'_>) -> anyhow:
     anyhow::ensure!(worker_after == worker, "lb-1's HAProxy was reloaded: worker {worker} -> {worker_after}");
     anyhow::ensure!(map_after == map, "lb-1's map changed: {}", map_differences(&map, &map_after));
     routed?;
-    println!("    lb-1's HAProxy kept pid {}, worker {worker} and its {} map entries", process.pid, map.len());
+    report!("    lb-1's HAProxy kept pid {}, worker {worker} and its {} map entries", process.pid, map.len());
     stream.wait_acks(5, CONVERGE).await.context("writes after the coordinators came back")?;
     tokio::time::sleep(SETTLE).await;
     chaos.end(stream, "lb-1 agent restarted, all coordinators down".into(), fault_at, heal_at).await?;
@@ -1065,7 +1074,7 @@ async fn every_disk_holds_the_history(chaos: &mut Chaos<'_>) -> anyhow::Result<(
             map_differences(&want, &on_disk.into_iter().collect::<Vec<_>>())
         );
     }
-    println!("every coordinator's own log up to version {version} holds the {} bindings checked", chaos.held.len());
+    report!("every coordinator's own log up to version {version} holds the {} bindings checked", chaos.held.len());
     Ok(())
 }
 
