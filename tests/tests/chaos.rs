@@ -724,7 +724,9 @@ async fn minority_write(fleet: &ComposeFleet, container: &str, fqdn: &str) -> an
     anyhow::ensure!(ran.took <= bound, "the write to the cut-off {container} took {:?}, over {bound:?}", ran.took);
     let said = ran.stderr.to_lowercase();
     anyhow::ensure!(
-        ["leader", "deadline", "unavailable", "timed out", "reachable"].iter().any(|word| said.contains(word)),
+        ["leader", "deadline", "did not answer", "unavailable", "timed out", "unreachable"]
+            .iter()
+            .any(|word| said.contains(word)),
         "the failed write to the cut-off {container} does not say why: {:?}",
         ran.stderr.trim()
     );
