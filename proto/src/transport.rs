@@ -82,12 +82,23 @@ pub async fn within<T>(
     deadline: Duration,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
+    let timed_out =
+        || Status::deadline_exceeded(format!("{endpoint} did not answer within {:.1}s", deadline.as_secs_f64()));
     match tokio::time::timeout(deadline, call).await {
+        // tonic enforces the same deadline (the request's grpc-timeout); whichever timer fires
+        // first, the caller reads one message, which does not call a slow node unreachable.
+        Ok(Err(status)) if is_tonic_timeout(&status) => Err(timed_out()),
         Ok(result) => result.map_err(|status| name_endpoint(endpoint, status)),
-        Err(_) => {
-            Err(Status::deadline_exceeded(format!("{endpoint} did not answer within {:.1}s", deadline.as_secs_f64())))
-        }
+        Err(_) => Err(timed_out()),
     }
+}
+
+/// Whether tonic gave up on the request's own `grpc-timeout`.
+fn is_tonic_timeout(status: &Status) -> bool {
+    use std::error::Error;
+    let from_source = status.source().is_some_and(|source| source.downcast_ref::<tonic::TimeoutExpired>().is_some());
+    from_source
+        || (status.code() == tonic::Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string())
 }
 
 /// Says which endpoint failed when the failure happened on our side of the connection
@@ -256,5 +267,13 @@ mod tests {
         assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
         assert!(error.message().contains("10.0.0.9:7400"), "{}", error.message());
         assert!(!is_retryable(&error));
+    }
+
+    #[tokio::test]
+    async fn tonic_giving_up_first_reads_as_the_same_deadline() {
+        let tonic_timeout = async { Err::<(), _>(Status::cancelled(tonic::TimeoutExpired(()).to_string())) };
+        let error = within("10.0.0.9:7400", Duration::from_secs(5), tonic_timeout).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(error.message(), "10.0.0.9:7400 did not answer within 5.0s");
     }
 }

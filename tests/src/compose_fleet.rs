@@ -219,6 +219,39 @@ impl ComposeFleet {
         Ok(Credentials::client(&tls, &tls.admin_identity(None)?)?)
     }
 
+    /// For every container of the fleet, the private keys found anywhere in its file system, each
+    /// named by whose key it is (`ca` or an identity's file stem, `unknown` for a key that is
+    /// neither). Keys are recognized by content, so a copy under another name counts too.
+    pub async fn keys_held(&self) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+        let mut owners = BTreeMap::new();
+        owners.insert(sha256_hex(&std::fs::read(self.tls_dir.join("ca.key"))?), "ca".to_string());
+        for entry in std::fs::read_dir(&self.tls_dir)? {
+            let bundle = entry?.path();
+            let stem = bundle.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+            let key = bundle.join(format!("{stem}.key"));
+            if key.is_file() {
+                owners.insert(sha256_hex(&std::fs::read(&key)?), stem);
+            }
+        }
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let containers = docker(&["ps", "--filter", &label, "--format", "{{.Names}}"]).await?;
+        let mut held = BTreeMap::new();
+        for container in containers.lines().filter(|name| !name.is_empty()) {
+            // Every regular file outside the kernel's trees whose content looks like a private key.
+            let script = "find / \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o -type f -size -64k -print0 \
+                          | xargs -0 grep -l -Z -- '-----BEGIN .*PRIVATE KEY-----' 2>/dev/null \
+                          | xargs -0 -r sha256sum";
+            let found = docker(&["exec", container, "sh", "-c", script]).await?;
+            let names: Vec<String> = found
+                .lines()
+                .filter_map(|line| line.split_whitespace().next())
+                .map(|hash| owners.get(hash).cloned().unwrap_or_else(|| "unknown".to_string()))
+                .collect();
+            held.insert(container.to_string(), names);
+        }
+        Ok(held)
+    }
+
     /// The coordinators' gRPC endpoints on the host, in node id order.
     pub fn endpoints(&self) -> Vec<String> {
         self.coordinator_ports.iter().map(|port| format!("127.0.0.1:{port}")).collect()
@@ -487,4 +520,9 @@ impl Drop for ComposeFleet {
         // Whatever down.sh left: a half-made up, a failed down, the CLI container.
         self.remove_leftovers();
     }
+}
+
+/// The SHA-256 of `bytes` in lowercase hex, as `sha256sum` prints it.
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
 }

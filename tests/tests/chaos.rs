@@ -777,6 +777,7 @@ async fn the_fleet_keeps_every_acknowledged_write_through_faults() -> anyhow::Re
     }
     let started = Instant::now();
     let fleet = ComposeFleet::up("chaos").await?;
+    each_container_holds_its_own_key_only(&fleet).await?;
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     report!("write stream seed {seed}");
     let mut chaos = Chaos {
@@ -796,6 +797,29 @@ async fn the_fleet_keeps_every_acknowledged_write_through_faults() -> anyhow::Re
         eprintln!("{}", fleet.fleet_logs().await);
     }
     result
+}
+
+/// No container holds the CA key or another identity's key: a coordinator or agent container
+/// holds its own key, and the HAProxy and nginx containers none.
+async fn each_container_holds_its_own_key_only(fleet: &ComposeFleet) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let held = fleet.keys_held().await?;
+    let mut own: BTreeMap<String, String> = BTreeMap::new();
+    for id in COORDINATORS {
+        own.insert(fleet.coordinator(id), format!("coordinator-{id}"));
+    }
+    for lb in LB_HOSTS {
+        own.insert(fleet.agent(lb), format!("agent-lb-{lb}"));
+    }
+    for container in own.keys() {
+        anyhow::ensure!(held.contains_key(container), "{container} is not among the fleet's containers: {held:?}");
+    }
+    for (container, keys) in &held {
+        let expected: Vec<String> = own.get(container).cloned().into_iter().collect();
+        anyhow::ensure!(keys == &expected, "{container} holds the keys {keys:?}; it may hold only {expected:?}");
+    }
+    report!("keys: {} containers, each holds its own key only ({:.1?})", held.len(), started.elapsed());
+    Ok(())
 }
 
 async fn all_faults(chaos: &mut Chaos<'_>) -> anyhow::Result<()> {

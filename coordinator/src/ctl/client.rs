@@ -105,14 +105,17 @@ impl Client {
     }
 
     /// The leader if it can be found, else the first endpoint (in the order given) that answered.
+    /// The whole search, both rounds, stays within `timeout`.
     async fn find_leader(endpoints: &[String], tls: &Arc<Credentials>, timeout: Duration) -> Result<Node, ClientError> {
+        let deadline = Instant::now() + timeout;
         let (node, status) = Self::probe_all(endpoints, tls, timeout).await?;
         // The leader may be known only by the address its peers use; talk to it when we can,
         // followers would forward anyway. A listed leader already failed its probe.
         let named = status.has_leader && !status.leader_address.is_empty();
         let unprobed = !endpoints.contains(&status.leader_address);
-        if named && unprobed && status.current_leader != status.node_id {
-            if let Ok((leader, _)) = Self::probe(&status.leader_address, tls, timeout).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if named && unprobed && status.current_leader != status.node_id && !left.is_zero() {
+            if let Ok((leader, _)) = Self::probe(&status.leader_address, tls, left).await {
                 return Ok(leader);
             }
         }
