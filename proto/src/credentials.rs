@@ -152,14 +152,15 @@ impl Credentials {
     /// Re-reads the files every [`POLL_INTERVAL`] and on SIGHUP, logging what changed and what failed.
     pub fn watch(self: &Arc<Self>) -> JoinHandle<()> {
         let credentials = self.clone();
+        // Listening starts before this returns: from then on SIGHUP no longer ends the process.
+        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGHUP; certificates are still re-read every few seconds");
+                None
+            }
+        };
         tokio::spawn(async move {
-            let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(signal) => Some(signal),
-                Err(error) => {
-                    warn!(%error, "cannot listen for SIGHUP; certificates are still re-read every few seconds");
-                    None
-                }
-            };
             let mut last_error = None;
             loop {
                 let asked = tokio::select! {

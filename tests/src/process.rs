@@ -197,6 +197,12 @@ impl ProcessCluster {
         self.nodes[index].child.lock().expect("child lock").as_ref().map(Child::id)
     }
 
+    /// Whether the node at `index` was started and has not exited.
+    pub fn is_running(&self, index: usize) -> bool {
+        let mut child = self.nodes[index].child.lock().expect("child lock");
+        child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// A client connected to the leader, once the running nodes have elected one.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let deadline = Instant::now() + LEADER_DEADLINE;
@@ -239,6 +245,11 @@ impl ProcessCluster {
     /// Lets a frozen node at `index` go on (SIGCONT).
     pub fn thaw(&self, index: usize) {
         self.signal(index, Signal::SIGCONT);
+    }
+
+    /// Sends SIGHUP to the node at `index`: it re-reads its certificates.
+    pub fn hang_up(&self, index: usize) {
+        self.signal(index, Signal::SIGHUP);
     }
 
     fn signal(&self, index: usize, signal: Signal) {

@@ -141,6 +141,8 @@ impl Coordinator {
         // The gate reads the revocations of the applied state, filled in once storage is open.
         let revocations: Arc<OnceLock<Arc<SharedState>>> = Arc::new(OnceLock::new());
         let credentials = Credentials::server(&tls, &identity, revocation_gate(revocations.clone()))?;
+        // Re-reads the certificates on change and SIGHUP for as long as the node runs.
+        let watcher = AbortOnDropHandle::new(credentials.watch());
 
         // Bind first: a node that cannot listen must fail before it locks its storage.
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -204,7 +206,6 @@ impl Coordinator {
                 let _ = stopped.await;
             },
         ));
-        let watcher = AbortOnDropHandle::new(credentials.watch());
         info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");
         Ok(Coordinator { raft, shared, local_addr, advertise, stop, server, _watcher: watcher })
     }
