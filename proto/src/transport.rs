@@ -108,7 +108,19 @@ fn name_endpoint(endpoint: &str, status: Status) -> Status {
     if status.source().is_none() || status.message().contains(endpoint) {
         return status;
     }
-    let message = format!("{endpoint} unreachable: {}", status.message());
+    // tonic says "transport error"; the cause (a refused certificate, a reset) is at the end of the chain.
+    let mut cause = status.source();
+    let mut deepest = None;
+    while let Some(error) = cause {
+        deepest = Some(error.to_string());
+        cause = error.source();
+    }
+    let message = match deepest {
+        Some(deepest) if !status.message().contains(&deepest) => {
+            format!("{endpoint} unreachable: {}: {deepest}", status.message())
+        }
+        _ => format!("{endpoint} unreachable: {}", status.message()),
+    };
     Status::with_metadata(status.code(), message, status.metadata().clone())
 }
 
@@ -267,6 +279,36 @@ mod tests {
         assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
         assert!(error.message().contains("10.0.0.9:7400"), "{}", error.message());
         assert!(!is_retryable(&error));
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_says_its_cause() {
+        #[derive(Debug)]
+        struct Refused;
+        impl std::fmt::Display for Refused {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("received fatal alert: CertificateRevoked")
+            }
+        }
+        impl std::error::Error for Refused {}
+        #[derive(Debug)]
+        struct Transport(Refused);
+        impl std::fmt::Display for Transport {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Transport {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let failed = async { Err::<(), _>(Status::from_error(Box::new(Transport(Refused)))) };
+        let error = within("10.0.0.9:7400", Duration::from_secs(5), failed).await.unwrap_err();
+        assert_eq!(
+            error.message(),
+            "10.0.0.9:7400 unreachable: transport error: received fatal alert: CertificateRevoked"
+        );
     }
 
     #[tokio::test]
