@@ -51,6 +51,20 @@ pub enum ClientError {
     /// The node answered with an error (or did not answer in time).
     #[error("{}", .0.message())]
     Status(#[from] Status),
+    /// Every attempt of a write failed or timed out until `--timeout` ran out. Whether it
+    /// committed is unknown: a leader cut off from its majority cannot commit, and one that
+    /// stopped answering may have.
+    #[error(
+        "write not acknowledged within {:.1}s (last attempt: {}): no leader with a majority answered; \
+         it may still be applied, so read it back or resend it",
+        .within.as_secs_f64(),
+        .last.message()
+    )]
+    NotAcknowledged {
+        within: Duration,
+        #[source]
+        last: Status,
+    },
 }
 
 /// One endpoint that did not answer the probe, and what happened.
@@ -273,7 +287,7 @@ impl Client {
                 };
             let pause = backoff.next_delay();
             if Instant::now() + pause >= deadline {
-                return Err(status.into());
+                return Err(ClientError::NotAcknowledged { within: self.timeout, last: status });
             }
             tokio::time::sleep(pause).await;
         }
