@@ -3,6 +3,7 @@
 
 pub mod compose_fleet;
 pub mod docker_lab;
+pub mod frozen;
 pub mod inproc;
 pub mod measure;
 pub mod poll;

@@ -32,14 +32,12 @@ use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::READY;
+use lbfleet_tests::frozen::FrozenPeer;
 use lbfleet_tests::inproc::TestCluster;
 use lbfleet_tests::poll::wait_for;
 use lbfleet_tests::process::agent_binary;
 use lbfleet_tests::process::lbfleet_binary;
 use lbfleet_tests::process::ProcessCluster;
-use tokio::net::TcpListener;
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 const CLUSTER: &str = "c1";
 const SHARD: &str = "web-1";
@@ -351,32 +349,6 @@ async fn agent_uses_a_renewed_certificate_and_a_revoked_host_is_cut_off() -> any
     assert!(progress.done, "{:?}\n{}", progress.hosts, rig.agent.log());
     assert!(rig.lb.holds("while-revoked.example.com").await?);
     Ok(())
-}
-
-/// Accepts every connection and never reads or answers, like a frozen coordinator.
-struct FrozenPeer {
-    address: String,
-    task: JoinHandle<()>,
-}
-
-impl FrozenPeer {
-    async fn start() -> anyhow::Result<FrozenPeer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?.to_string();
-        let task = tokio::spawn(async move {
-            let mut held: Vec<TcpStream> = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        Ok(FrozenPeer { address, task })
-    }
-}
-
-impl Drop for FrozenPeer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The first message of an opened stream, which for a new agent is the full state.

@@ -15,49 +15,21 @@ use lbfleet_proto::pb;
 use lbfleet_proto::transport;
 use lbfleet_proto::Identity;
 use lbfleet_proto::Role;
+use lbfleet_tests::frozen::FrozenPeer;
 use lbfleet_tests::inproc::TestCluster;
 use openraft::network::RPCOption;
 use openraft::network::RaftNetwork;
 use openraft::network::RaftNetworkFactory;
 use openraft::raft::VoteRequest;
 use openraft::Vote;
-use tokio::net::TcpListener;
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 /// Slack for scheduling on a busy machine; a hang would take forever, not this.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// Accepts every connection and never reads or answers.
-struct FrozenPeer {
-    address: String,
-    task: JoinHandle<()>,
-}
-
-impl FrozenPeer {
-    async fn start() -> FrozenPeer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
-        let task = tokio::spawn(async move {
-            let mut held: Vec<TcpStream> = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        FrozenPeer { address, task }
-    }
-}
-
-impl Drop for FrozenPeer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_gives_up_on_a_frozen_coordinator_and_moves_on() -> anyhow::Result<()> {
     let cluster = TestCluster::start(1, 10_000).await?;
-    let frozen = FrozenPeer::start().await;
+    let frozen = FrozenPeer::start().await?;
     let timeout = Duration::from_secs(2);
 
     let started = Instant::now();
@@ -81,7 +53,7 @@ async fn cli_gives_up_on_a_frozen_coordinator_and_moves_on() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_to_a_frozen_leader_fails_within_the_callers_deadline() -> anyhow::Result<()> {
     let cluster = TestCluster::start(1, 10_000).await?;
-    let frozen = FrozenPeer::start().await;
+    let frozen = FrozenPeer::start().await?;
     let tls = Credentials::client(&cluster.tls, &Identity::new(Role::Coordinator, "1")?)?;
     let forwarder = Forwarder::new(tls);
     let deadline = Duration::from_secs(1);
@@ -103,7 +75,7 @@ async fn forwarding_to_a_frozen_leader_fails_within_the_callers_deadline() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_rpc_to_a_frozen_peer_fails_within_its_ttl() -> anyhow::Result<()> {
     let cluster = TestCluster::start(1, 10_000).await?;
-    let frozen = FrozenPeer::start().await;
+    let frozen = FrozenPeer::start().await?;
     let tls = Credentials::client(&cluster.tls, &Identity::new(Role::Coordinator, "1")?)?;
     let mut connection = Network::new(tls).new_client(2, &Member::new(frozen.address.clone())).await;
     let ttl = Duration::from_secs(1);
@@ -122,7 +94,7 @@ async fn raft_rpc_to_a_frozen_peer_fails_within_its_ttl() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_stream_gives_up_on_a_frozen_coordinator() -> anyhow::Result<()> {
     let cluster = TestCluster::start(1, 10_000).await?;
-    let frozen = FrozenPeer::start().await;
+    let frozen = FrozenPeer::start().await?;
     let tls = Credentials::client(&cluster.tls, &Identity::new(Role::Agent, "lb-a")?)?;
     let hello = pb::Hello { host_id: "lb-a".into(), ..Default::default() };
 
