@@ -277,3 +277,40 @@ async fn revoked_certificates_are_refused_and_their_stream_closed() -> anyhow::R
     assert!(bad.to_string().contains("invalid certificate serial"), "{bad}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_shard_moves_its_fqdns_and_its_backend_leaves_the_agents_topology() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(1, 10_000).await?;
+    let client = cluster.client().await?;
+    setup(&client).await?;
+    client.write(Kind::CreateShard(pb::CreateShard { name: "web-2".into(), cluster: "c1".into() })).await?;
+    bind(&client, "a.example.com").await?;
+    let mut agent_a = ScriptedAgent::connect(&cluster, 1, &agent("lb-a"), "lb-a", 0).await?;
+    let CoordinatorKind::Full(full) = agent_a.next_update().await else { panic!("a new agent gets the full state") };
+    agent_a.send(AgentKind::Ack(pb::Ack { version: full.version })).await;
+
+    // Refused while in use, with the reason; nothing reaches the agent.
+    let delete = |move_to: &str| Kind::DeleteShard(pb::DeleteShard { name: "web-1".into(), move_to: move_to.into() });
+    let refused = client.write(delete("web-2")).await.unwrap_err();
+    assert!(refused.to_string().contains("it has nodes n0; remove them first"), "{refused}");
+    client.write(Kind::RemoveNode(pb::RemoveNode { name: "n0".into() })).await?;
+    let CoordinatorKind::Delta(_) = agent_a.next_update().await else { panic!("a node removal is a delta") };
+    let refused = client.write(delete("")).await.unwrap_err();
+    assert!(refused.to_string().contains("1 FQDNs are bound to it (a.example.com)"), "{refused}");
+
+    let reply = client.write(delete("web-2")).await?;
+    assert_eq!(reply.message, "deleted shard web-1; moved its 1 FQDNs to shard web-2");
+    // A refused write still takes a log entry, so deltas without changes may come first.
+    let (mut upserts, mut topology) = (Vec::new(), None);
+    while let CoordinatorKind::Delta(delta) = agent_a.next_update().await {
+        upserts.extend(delta.upserts);
+        topology = delta.topology.or(topology);
+        if delta.version >= reply.version {
+            break;
+        }
+    }
+    assert_eq!(upserts, vec![pb::MapEntry { fqdn: "a.example.com".into(), backend: "shard-web-2".into() }]);
+    let backends: Vec<String> = topology.expect("the topology changed").backends.into_iter().map(|b| b.name).collect();
+    assert_eq!(backends, ["shard-web-2"]);
+    Ok(())
+}

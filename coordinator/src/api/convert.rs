@@ -51,6 +51,12 @@ pub fn command_from_pb(command: Option<pb::Command>) -> Result<Command, Status> 
         }
         PbKind::Revoke(r) => Command::Revoke { target: revocation_target(r.host, r.serial)?, at: unix_now() },
         PbKind::Unrevoke(u) => Command::Unrevoke { target: revocation_target(u.host, u.serial)? },
+        PbKind::RemoveHost(h) => Command::RemoveHost { id: h.id },
+        PbKind::DeleteShard(d) => Command::DeleteShard { name: d.name, move_to: non_empty(d.move_to) },
+        PbKind::DeleteCluster(d) => Command::DeleteCluster { name: d.name },
+        PbKind::SetCluster(c) => Command::SetCluster { name: c.name, haproxy_container: c.haproxy_container },
+        PbKind::SetHost(h) => Command::SetHost { id: h.id, haproxy_container: non_empty(h.haproxy_container) },
+        PbKind::SetNode(n) => Command::SetNode { name: n.name, address: n.address },
     };
     precheck(&command).map_err(state_error_to_status)?;
     Ok(command)
@@ -66,6 +72,8 @@ fn precheck(command: &Command) -> Result<(), StateError> {
             names::object_name("node name", name)?;
             names::server_address("node address", address)
         }
+        Command::SetNode { address, .. } => names::server_address("node address", address),
+        Command::SetCluster { haproxy_container, .. } => names::container_name("haproxy container", haproxy_container),
         _ => Ok(()),
     }
 }
@@ -140,7 +148,9 @@ pub fn state_error_to_status(error: StateError) -> Status {
         StateError::NotFound { .. } => Status::not_found(message),
         StateError::AlreadyExists { .. } => Status::already_exists(message),
         StateError::Invalid { .. } | StateError::Fqdn { .. } => Status::invalid_argument(message),
-        StateError::Ambiguous { .. } | StateError::WrongCluster { .. } => Status::failed_precondition(message),
+        StateError::Ambiguous { .. } | StateError::WrongCluster { .. } | StateError::InUse { .. } => {
+            Status::failed_precondition(message)
+        }
     }
 }
 

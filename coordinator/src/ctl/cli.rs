@@ -57,9 +57,10 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Removes an FQDN's binding.
+    /// Removes the bindings of one or more FQDNs.
     Unbind {
-        fqdn: String,
+        #[arg(required = true)]
+        fqdns: Vec<String>,
         /// The cluster; needed only when the FQDN is bound in several.
         #[arg(long)]
         cluster: Option<String>,
@@ -138,6 +139,14 @@ pub enum ClusterCommand {
     },
     /// Lists clusters with their sizes.
     List,
+    /// Deletes a cluster that has no hosts, shards or bindings left.
+    Delete { name: String },
+    /// Changes the HAProxy container of the cluster's hosts (hosts with their own keep theirs).
+    Set {
+        name: String,
+        #[arg(long)]
+        haproxy_container: String,
+    },
 }
 
 /// `lbfleet host ...`
@@ -160,6 +169,26 @@ pub enum HostCommand {
     Revoke(RevocationArgs),
     /// Lifts a revocation made with `host revoke`.
     Unrevoke(RevocationArgs),
+    /// Removes an LB host; refused while nodes name it. Its agent's stream is closed.
+    Remove { host: String },
+    /// Gives the host its own HAProxy container, or makes it use its cluster's again.
+    Set {
+        host: String,
+        #[command(flatten)]
+        container: HostContainer,
+    },
+}
+
+/// The container a host's agent drives.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct HostContainer {
+    /// This host's own HAProxy container.
+    #[arg(long)]
+    pub haproxy_container: Option<String>,
+    /// Use the cluster's HAProxy container again.
+    #[arg(long)]
+    pub cluster_container: bool,
 }
 
 /// A host, or a certificate serial.
@@ -182,6 +211,13 @@ pub enum ShardCommand {
         #[arg(long)]
         cluster: String,
     },
+    /// Deletes a shard without nodes; refused while FQDNs are bound to it, unless --move-to.
+    Delete {
+        name: String,
+        /// Moves its FQDNs to this shard of the same cluster, in the same change.
+        #[arg(long)]
+        move_to: Option<String>,
+    },
 }
 
 /// `lbfleet node ...`
@@ -203,6 +239,13 @@ pub enum NodeCommand {
     },
     /// Removes a backend server.
     Remove { name: String },
+    /// Changes the address HAProxy connects to for a node.
+    Set {
+        name: String,
+        /// ADDR:PORT.
+        #[arg(long)]
+        address: String,
+    },
 }
 
 /// `lbfleet lb ...`

@@ -48,6 +48,30 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Cluster(ClusterCommand::List) => output::cluster_list(json, &client.clusters().await?),
+        Command::Cluster(ClusterCommand::Delete { name }) => {
+            output::write_reply(json, &client.write(Kind::DeleteCluster(pb::DeleteCluster { name })).await?);
+        }
+        Command::Cluster(ClusterCommand::Set { name, haproxy_container }) => {
+            let kind = Kind::SetCluster(pb::SetCluster { name, haproxy_container });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Host(HostCommand::Remove { host }) => {
+            output::write_reply(json, &client.write(Kind::RemoveHost(pb::RemoveHost { id: host })).await?);
+        }
+        Command::Host(HostCommand::Set { host, container }) => {
+            let kind = Kind::SetHost(pb::SetHost {
+                id: host,
+                haproxy_container: container.haproxy_container.unwrap_or_default(),
+            });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Shard(ShardCommand::Delete { name, move_to }) => {
+            let kind = Kind::DeleteShard(pb::DeleteShard { name, move_to: move_to.unwrap_or_default() });
+            output::write_reply(json, &client.write(kind).await?);
+        }
+        Command::Node(NodeCommand::Set { name, address }) => {
+            output::write_reply(json, &client.write(Kind::SetNode(pb::SetNode { name, address })).await?);
+        }
         Command::Host(HostCommand::Add { host, cluster, haproxy_container, address }) => {
             let kind = Kind::AddHost(pb::AddHost {
                 address: address.unwrap_or_else(|| host.clone()),
@@ -81,10 +105,14 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             let kind = Kind::Bind(pb::Bind { fqdn, shard, cluster: cluster.unwrap_or_default() });
             write_and_wait(&client, kind, wait, timeout, json).await?;
         }
-        Command::Unbind { fqdn, cluster, wait } => {
-            let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
-            let kind = Kind::Unbind(pb::Unbind { fqdn, cluster: cluster.unwrap_or_default() });
-            write_and_wait(&client, kind, wait, timeout, json).await?;
+        Command::Unbind { fqdns, cluster, wait } => {
+            // Every name is checked before anything is written.
+            let fqdns = fqdns.iter().map(|fqdn| lbfleet_proto::Fqdn::parse(fqdn)).collect::<Result<Vec<_>, _>>()?;
+            for fqdn in fqdns {
+                let kind =
+                    Kind::Unbind(pb::Unbind { fqdn: fqdn.into_string(), cluster: cluster.clone().unwrap_or_default() });
+                write_and_wait(&client, kind, wait, timeout, json).await?;
+            }
         }
         Command::Import { file, cluster, batch_size } => {
             let report = import::run(&client, &file, &cluster, batch_size.max(1)).await?;

@@ -93,7 +93,18 @@ impl ChangeLog {
             (Command::AddHost { cluster, .. }, _) | (Command::CreateShard { cluster, .. }, _) => {
                 self.topology_changed(version, cluster)
             }
-            (_, Response::NodeAdded { shard, .. }) | (_, Response::NodeRemoved { shard, .. }) => {
+            (_, Response::HostRemoved { cluster, .. })
+            | (_, Response::HostChanged { cluster, .. })
+            | (_, Response::ClusterChanged { name: cluster }) => self.topology_changed(version, cluster),
+            (_, Response::ShardDeleted { cluster, moved, moved_to, .. }) => {
+                for fqdn in moved {
+                    self.push(version, cluster, fqdn.clone(), moved_to.clone());
+                }
+                self.topology_changed(version, cluster);
+            }
+            (_, Response::NodeAdded { shard, .. })
+            | (_, Response::NodeRemoved { shard, .. })
+            | (_, Response::NodeChanged { shard, .. }) => {
                 if let Some(shard) = state.shards.get(shard) {
                     self.topology_changed(version, &shard.cluster.clone());
                 }
@@ -175,6 +186,21 @@ mod tests {
         assert!(!delta.topology_changed);
         assert!(log.since("c", 0).unwrap().topology_changed);
         assert_eq!(log.since("c", 7).unwrap(), ClusterDelta::default());
+    }
+
+    #[test]
+    fn a_deleted_shards_bindings_reach_agents_as_moves() {
+        let mut log = ChangeLog::default();
+        let mut commands = setup();
+        commands.push(Command::Bind { fqdn: fqdn("a.com"), shard: "s1".into(), cluster: None });
+        commands.push(Command::DeleteShard { name: "s1".into(), move_to: Some("s2".into()) });
+        commands.push(Command::SetNode { name: "missing".into(), address: "x:80".into() });
+        state_with(&commands, &mut log);
+        let delta = log.since("c", 4).unwrap();
+        assert_eq!(delta.bindings[&fqdn("a.com")], Some("s2".into()));
+        assert!(delta.topology_changed, "the deleted backend must leave haproxy.cfg");
+        // A refused edit records nothing.
+        assert_eq!(log.since("c", 5).unwrap(), ClusterDelta::default());
     }
 
     #[test]

@@ -35,6 +35,18 @@ pub enum Command {
     Revoke { target: RevocationTarget, at: u64 },
     /// Lifts a revocation.
     Unrevoke { target: RevocationTarget },
+    /// Removes an LB host that no node names.
+    RemoveHost { id: String },
+    /// Deletes a shard without nodes; its bindings move to `move_to`, or the delete is refused.
+    DeleteShard { name: String, move_to: Option<String> },
+    /// Deletes an empty cluster.
+    DeleteCluster { name: String },
+    /// Changes a cluster's HAProxy container.
+    SetCluster { name: String, haproxy_container: String },
+    /// Sets or (`None`) clears a host's own HAProxy container.
+    SetHost { id: String, haproxy_container: Option<String> },
+    /// Changes a node's address.
+    SetNode { name: String, address: String },
 }
 
 /// What a successfully applied command did.
@@ -83,6 +95,31 @@ pub enum Response {
     },
     Unrevoked {
         target: RevocationTarget,
+    },
+    HostRemoved {
+        id: String,
+        cluster: String,
+    },
+    /// `moved` went to `moved_to` in the same change.
+    ShardDeleted {
+        name: String,
+        cluster: String,
+        moved: Vec<Fqdn>,
+        moved_to: Option<String>,
+    },
+    ClusterDeleted {
+        name: String,
+    },
+    ClusterChanged {
+        name: String,
+    },
+    HostChanged {
+        id: String,
+        cluster: String,
+    },
+    NodeChanged {
+        name: String,
+        shard: String,
     },
 }
 
@@ -141,6 +178,9 @@ pub enum StateError {
     /// An unbind without a cluster for an FQDN bound in more than one.
     #[error("{fqdn} is bound in several clusters ({}); name one with --cluster", clusters.join(", "))]
     Ambiguous { fqdn: String, clusters: Vec<String> },
+    /// The object cannot be removed while something depends on it; `reason` says what.
+    #[error("{kind} {name:?} is in use: {reason}")]
+    InUse { kind: ObjectKind, name: String, reason: String },
     /// Two objects the command links are in different clusters.
     #[error("{kind} {name:?} belongs to cluster {actual:?}, not {expected:?}")]
     WrongCluster { kind: ObjectKind, name: String, expected: String, actual: String },
@@ -178,6 +218,15 @@ impl fmt::Display for Response {
                 write!(f, "revoked {target} (since {}): coordinators refuse it and close its stream", unix_time(*at))
             }
             Response::Unrevoked { target } => write!(f, "lifted the revocation of {target}"),
+            Response::HostRemoved { id, cluster } => write!(f, "removed host {id} from cluster {cluster}"),
+            Response::ShardDeleted { name, moved, moved_to: Some(to), .. } => {
+                write!(f, "deleted shard {name}; moved its {} FQDNs to shard {to}", moved.len())
+            }
+            Response::ShardDeleted { name, .. } => write!(f, "deleted shard {name}"),
+            Response::ClusterDeleted { name } => write!(f, "deleted cluster {name}"),
+            Response::ClusterChanged { name } => write!(f, "changed cluster {name}"),
+            Response::HostChanged { id, .. } => write!(f, "changed host {id}"),
+            Response::NodeChanged { name, .. } => write!(f, "changed node {name}"),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod changelog;
 mod command;
+mod edits;
 pub mod names;
 pub mod revocations;
 
@@ -99,6 +100,12 @@ impl State {
                 Some(_) => Ok(Response::Unrevoked { target: target.clone() }),
                 None => Err(not_found(ObjectKind::Revocation, &target.to_string())),
             },
+            Command::RemoveHost { id } => self.remove_host(id),
+            Command::DeleteShard { name, move_to } => self.delete_shard(name, move_to.as_deref()),
+            Command::DeleteCluster { name } => self.delete_cluster(name),
+            Command::SetCluster { name, haproxy_container } => self.set_cluster(name, haproxy_container),
+            Command::SetHost { id, haproxy_container } => self.set_host(id, haproxy_container),
+            Command::SetNode { name, address } => self.set_node(name, address),
         }
     }
 

@@ -222,3 +222,105 @@ fn fqdn_errors_are_passed_on_as_they_read() {
     assert_eq!(error.to_string(), source.to_string());
     assert!(matches!(error, StateError::Fqdn { source: FqdnError::Whitespace { .. } }), "{error}");
 }
+
+fn add_node(name: &str, shard: &str) -> Command {
+    Command::AddNode {
+        name: name.into(),
+        shard: shard.into(),
+        host: "h1".into(),
+        address: format!("{name}:80"),
+        container: None,
+    }
+}
+
+#[test]
+fn shard_delete_is_refused_while_used_and_moves_with_move_to() {
+    let mut state = topology();
+    for name in ["a.com", "b.com"] {
+        state.apply(&Command::Bind { fqdn: fqdn(name), shard: "web-1".into(), cluster: None }).unwrap();
+    }
+    state.apply(&Command::Bind { fqdn: fqdn("c.com"), shard: "web-2".into(), cluster: None }).unwrap();
+    state.apply(&add_node("n1", "web-1")).unwrap();
+    let before = state.clone();
+    let delete =
+        |move_to: Option<&str>| Command::DeleteShard { name: "web-1".into(), move_to: move_to.map(Into::into) };
+
+    let err = state.apply(&delete(Some("web-2"))).unwrap_err();
+    assert_eq!(err.to_string(), "shard \"web-1\" is in use: it has nodes n1; remove them first");
+    state.apply(&Command::RemoveNode { name: "n1".into() }).unwrap();
+    let err = state.apply(&delete(None)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "shard \"web-1\" is in use: 2 FQDNs are bound to it (a.com, b.com); move them with --move-to SHARD"
+    );
+    assert!(matches!(state.apply(&delete(Some("web-1"))), Err(StateError::Invalid { .. })));
+    assert!(matches!(state.apply(&delete(Some("other"))), Err(StateError::WrongCluster { .. })));
+    assert!(matches!(state.apply(&delete(Some("nope"))), Err(StateError::NotFound { .. })));
+    assert_eq!(state.shards, before.shards, "a refused delete changed the shards");
+
+    let moved = state.apply(&delete(Some("web-2"))).unwrap();
+    assert_eq!(
+        moved,
+        Response::ShardDeleted {
+            name: "web-1".into(),
+            cluster: "c1".into(),
+            moved: vec![fqdn("a.com"), fqdn("b.com")],
+            moved_to: Some("web-2".into()),
+        }
+    );
+    assert!(!state.shards.contains_key("web-1"));
+    let bindings = &state.clusters["c1"].bindings;
+    assert!(bindings.values().all(|shard| shard == "web-2"), "{bindings:?}");
+    assert_eq!(bindings.len(), 3);
+}
+
+#[test]
+fn host_and_cluster_removal_wait_for_what_depends_on_them() {
+    let mut state = topology();
+    state.apply(&add_node("n1", "web-1")).unwrap();
+    let err = state.apply(&Command::RemoveHost { id: "h1".into() }).unwrap_err();
+    assert!(matches!(err, StateError::InUse { kind: ObjectKind::Host, .. }), "{err}");
+    let err = state.apply(&Command::DeleteCluster { name: "c1".into() }).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cluster \"c1\" is in use: it still has hosts h1, shards web-1, web-2; remove them first"
+    );
+    state.apply(&Command::RemoveNode { name: "n1".into() }).unwrap();
+    assert_eq!(
+        state.apply(&Command::RemoveHost { id: "h1".into() }).unwrap(),
+        Response::HostRemoved { id: "h1".into(), cluster: "c1".into() }
+    );
+    for shard in ["web-1", "web-2"] {
+        state.apply(&Command::DeleteShard { name: shard.into(), move_to: None }).unwrap();
+    }
+    state.apply(&Command::DeleteCluster { name: "c1".into() }).unwrap();
+    assert!(!state.clusters.contains_key("c1"));
+    let err = state.apply(&Command::DeleteCluster { name: "c1".into() }).unwrap_err();
+    assert_eq!(err, StateError::NotFound { kind: ObjectKind::Cluster, name: "c1".into() });
+}
+
+#[test]
+fn containers_and_addresses_can_be_changed() {
+    let mut state = topology();
+    state.apply(&add_node("n1", "web-1")).unwrap();
+    state.apply(&Command::SetCluster { name: "c1".into(), haproxy_container: "lb-new".into() }).unwrap();
+    assert_eq!(state.haproxy_container_of(&state.hosts["h1"]), "lb-new");
+    state.apply(&Command::SetHost { id: "h1".into(), haproxy_container: Some("own".into()) }).unwrap();
+    assert_eq!(state.haproxy_container_of(&state.hosts["h1"]), "own");
+    state.apply(&Command::SetHost { id: "h1".into(), haproxy_container: None }).unwrap();
+    assert_eq!(state.haproxy_container_of(&state.hosts["h1"]), "lb-new");
+    state.apply(&Command::SetNode { name: "n1".into(), address: "10.0.0.9:8080".into() }).unwrap();
+    assert_eq!(state.nodes["n1"].address, "10.0.0.9:8080");
+
+    let before = state.clone();
+    let bad = [
+        Command::SetCluster { name: "c1".into(), haproxy_container: "bad name".into() },
+        Command::SetHost { id: "h1".into(), haproxy_container: Some("x;y".into()) },
+        Command::SetNode { name: "n1".into(), address: "a:80\n  server evil 1.2.3.4:80".into() },
+        Command::SetNode { name: "nope".into(), address: "a:80".into() },
+    ];
+    for command in &bad {
+        assert!(state.apply(command).is_err(), "{command:?} applied");
+    }
+    assert_eq!(state, before);
+}
