@@ -245,3 +245,27 @@ async fn wrong_certificates_and_plaintext_are_refused() -> anyhow::Result<()> {
     assert!(result.is_err(), "plaintext client was served");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_a_stale_if_version_is_refused_and_changes_nothing() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, 10_000).await?;
+    let client = cluster.client().await?;
+    topology(&client).await?;
+    // The version a reader saw: the cluster view carries it.
+    let seen = client.cluster("c1", None).await?.version;
+    bind(&client, "other-writer.com").await?;
+
+    let stale = cluster.client().await?.with_if_version(Some(seen));
+    let err = bind(&stale, "mine.com").await.unwrap_err();
+    assert!(matches!(&err, ClientError::Status(s) if s.code() == tonic::Code::FailedPrecondition), "{err}");
+    let current = client.cluster("c1", None).await?;
+    assert!(err.to_string().starts_with(&format!("the state is at version {}, not {seen}", current.version)), "{err}");
+    assert!(!current.bindings.iter().any(|b| b.fqdn == "mine.com"), "a refused write was applied");
+
+    // Computed from the current version, it applies; a second write with the same version does not.
+    let fresh = cluster.client().await?.with_if_version(Some(current.version));
+    bind(&fresh, "mine.com").await?;
+    let err = bind(&fresh, "mine-too.com").await.unwrap_err();
+    assert!(err.to_string().contains("as --if-version said"), "{err}");
+    Ok(())
+}

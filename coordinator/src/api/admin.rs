@@ -93,7 +93,11 @@ impl pb::admin_server::Admin for AdminService {
                 .forward(&leader, request, |mut leader, r| async move { leader.write(r).await })
                 .await;
         }
-        let command = convert::command_from_pb(request.into_inner().command)?;
+        let request = request.into_inner();
+        let mut command = convert::command_from_pb(request.command)?;
+        if request.has_if_version {
+            command = crate::state::Command::Conditional { if_version: request.if_version, command: Box::new(command) };
+        }
         let (version, result) = self.writes.write(command).await?;
         let response = result.map_err(convert::state_error_to_status)?;
         Ok(Response::new(convert::write_reply(version, &response)))

@@ -148,9 +148,10 @@ pub fn state_error_to_status(error: StateError) -> Status {
         StateError::NotFound { .. } => Status::not_found(message),
         StateError::AlreadyExists { .. } => Status::already_exists(message),
         StateError::Invalid { .. } | StateError::Fqdn { .. } => Status::invalid_argument(message),
-        StateError::Ambiguous { .. } | StateError::WrongCluster { .. } | StateError::InUse { .. } => {
-            Status::failed_precondition(message)
-        }
+        StateError::Ambiguous { .. }
+        | StateError::WrongCluster { .. }
+        | StateError::InUse { .. }
+        | StateError::Stale { .. } => Status::failed_precondition(message),
     }
 }
 

@@ -69,7 +69,7 @@ async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = queue.recv().await else { return };
         let mut group = vec![first];
-        // Bulk imports are large entries of their own; small commands ride together.
+        // Bulk and conditional writes are entries of their own; small commands ride together.
         let mut bulk = None;
         if !is_bulk(&group[0].command) {
             while group.len() < MAX_GROUP {
@@ -94,8 +94,10 @@ async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
     }
 }
 
+/// Bulk imports are large entries of their own. A conditional write is too: it must see the
+/// version before its own entry, which a command grouped ahead of it would have changed.
 fn is_bulk(command: &Command) -> bool {
-    matches!(command, Command::BindBatch { .. })
+    matches!(command, Command::BindBatch { .. } | Command::Conditional { .. })
 }
 
 async fn commit(raft: &Raft, mut group: Vec<Pending>) {

@@ -21,6 +21,10 @@ pub struct GlobalArgs {
     /// Print machine-readable JSON instead of text.
     #[arg(long, env = "LBFLEET_JSON", global = true)]
     pub json: bool,
+    /// Writes only: apply only if the state is still at version N (as a read or an earlier write
+    /// reported it); a write against another version is refused with the current one.
+    #[arg(long, value_name = "N", global = true)]
+    pub if_version: Option<u64>,
     /// Seconds to wait for an answer.
     #[arg(long, env = "LBFLEET_TIMEOUT", default_value_t = 10.0, global = true)]
     pub timeout: f64,

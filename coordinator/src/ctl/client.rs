@@ -94,6 +94,8 @@ pub struct Client {
     tls: Arc<Credentials>,
     timeout: Duration,
     node: Mutex<Node>,
+    /// Writes apply only to the state at this version (`--if-version`).
+    if_version: Option<u64>,
 }
 
 /// The node a client talks to.
@@ -115,7 +117,7 @@ impl Client {
         let admin = tls_dir.admin_identity(identity)?;
         let tls = Credentials::client(tls_dir, &admin)?;
         let node = Self::find_leader(endpoints, &tls, timeout).await?;
-        Ok(Client { endpoints: endpoints.to_vec(), tls, timeout, node: Mutex::new(node) })
+        Ok(Client { endpoints: endpoints.to_vec(), tls, timeout, node: Mutex::new(node), if_version: None })
     }
 
     /// The leader if it can be found, else the first endpoint (in the order given) that answered.
@@ -201,7 +203,13 @@ impl Client {
     /// authorization, not just TCP.
     pub async fn open(endpoint: &str, tls: &Arc<Credentials>, timeout: Duration) -> Result<Client, EndpointFailure> {
         let (node, _) = Self::probe(endpoint, tls, timeout).await?;
-        Ok(Client { endpoints: vec![endpoint.to_string()], tls: tls.clone(), timeout, node: Mutex::new(node) })
+        Ok(Client {
+            endpoints: vec![endpoint.to_string()],
+            tls: tls.clone(),
+            timeout,
+            node: Mutex::new(node),
+            if_version: None,
+        })
     }
 
     /// The status of the node at `endpoint`, from the one call that also proves it answers.
@@ -269,7 +277,11 @@ impl Client {
             pb::command::Kind::BindBatch(_) => self.timeout,
             _ => WRITE_ATTEMPT_DEADLINE,
         };
-        let request = pb::WriteRequest { command: Some(kind.into()) };
+        let request = pb::WriteRequest {
+            command: Some(kind.into()),
+            if_version: self.if_version.unwrap_or(0),
+            has_if_version: self.if_version.is_some(),
+        };
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
@@ -291,6 +303,11 @@ impl Client {
             }
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Makes every write of this client conditional on the state still being at `version`.
+    pub fn with_if_version(self, version: Option<u64>) -> Client {
+        Client { if_version: version, ..self }
     }
 
     /// A linearizable view of one cluster.

@@ -37,7 +37,9 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     }
     let tls_dir = TlsDir::new(global.tls_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_DIR)));
     let timeout = Duration::from_secs_f64(global.timeout.max(0.1));
-    let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout).await?;
+    let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout)
+        .await?
+        .with_if_version(global.if_version);
     let json = global.json;
     match command {
         Command::Cluster(ClusterCommand::Create { name, haproxy_container }) => {
@@ -106,6 +108,9 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             write_and_wait(&client, kind, wait, timeout, json).await?;
         }
         Command::Unbind { fqdns, cluster, wait } => {
+            if global.if_version.is_some() && fqdns.len() > 1 {
+                anyhow::bail!("--if-version makes one write conditional: unbind one FQDN at a time with it");
+            }
             // Every name is checked before anything is written.
             let fqdns = fqdns.iter().map(|fqdn| lbfleet_proto::Fqdn::parse(fqdn)).collect::<Result<Vec<_>, _>>()?;
             for fqdn in fqdns {

@@ -189,7 +189,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => Ok(crate::state::Response::Noop),
                     EntryPayload::Normal(ref command) => {
                         let Applied { state, changes, .. } = &mut *applied;
-                        let result = state.apply(command);
+                        // Versions are log indexes: the state before this entry is at the one before it.
+                        let result = state.apply_at(command, entry.log_id.index.saturating_sub(1));
                         if let Ok(response) = &result {
                             changes.record(entry.log_id.index, state, command, response);
                         }

@@ -47,6 +47,9 @@ pub enum Command {
     SetHost { id: String, haproxy_container: Option<String> },
     /// Changes a node's address.
     SetNode { name: String, address: String },
+    /// `command`, applied only to the state at version `if_version` (optimistic concurrency:
+    /// the caller computed it from that version).
+    Conditional { if_version: u64, command: Box<Command> },
 }
 
 /// What a successfully applied command did.
@@ -178,6 +181,9 @@ pub enum StateError {
     /// An unbind without a cluster for an FQDN bound in more than one.
     #[error("{fqdn} is bound in several clusters ({}); name one with --cluster", clusters.join(", "))]
     Ambiguous { fqdn: String, clusters: Vec<String> },
+    /// A `Conditional` command computed from another version than the state's.
+    #[error("the state is at version {current}, not {if_version} as --if-version said: read it again and retry")]
+    Stale { if_version: u64, current: u64 },
     /// The object cannot be removed while something depends on it; `reason` says what.
     #[error("{kind} {name:?} is in use: {reason}")]
     InUse { kind: ObjectKind, name: String, reason: String },

@@ -78,8 +78,14 @@ pub struct BackendNode {
 }
 
 impl State {
-    /// Applies one command; on error the state is unchanged.
+    /// Applies one command; on error the state is unchanged. A `Conditional` command is checked
+    /// against version 0: use [`State::apply_at`] where the version is known.
     pub fn apply(&mut self, cmd: &Command) -> Result<Response, StateError> {
+        self.apply_at(cmd, 0)
+    }
+
+    /// Applies one command to the state at `version` (the log index applied last).
+    pub fn apply_at(&mut self, cmd: &Command, version: u64) -> Result<Response, StateError> {
         match cmd {
             Command::CreateCluster { name, haproxy_container } => self.create_cluster(name, haproxy_container),
             Command::AddHost { id, cluster, address, haproxy_container } => {
@@ -94,7 +100,15 @@ impl State {
             Command::Unbind { fqdn, cluster } => self.unbind(fqdn, cluster.as_deref()),
             Command::BindBatch { cluster, entries } => self.bind_batch(cluster, entries),
             // Each command succeeds or fails on its own, as if it had its own entry.
-            Command::Group(commands) => Ok(Response::Group(commands.iter().map(|c| self.apply(c)).collect())),
+            Command::Group(commands) => {
+                Ok(Response::Group(commands.iter().map(|c| self.apply_at(c, version)).collect()))
+            }
+            // A refused command still takes its log entry: the state is then at the next version,
+            // which is the one to retry with.
+            Command::Conditional { if_version, command } => match version != *if_version {
+                true => Err(StateError::Stale { if_version: *if_version, current: version + 1 }),
+                false => self.apply_at(command, version),
+            },
             Command::Revoke { target, at } => self.revoke(target, *at),
             Command::Unrevoke { target } => match self.revocations.unrevoke(target) {
                 Some(_) => Ok(Response::Unrevoked { target: target.clone() }),

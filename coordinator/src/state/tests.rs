@@ -324,3 +324,19 @@ fn containers_and_addresses_can_be_changed() {
     }
     assert_eq!(state, before);
 }
+
+#[test]
+fn conditional_commands_apply_only_to_the_version_they_were_computed_from() {
+    let mut state = topology();
+    let bind = |name: &str| Box::new(Command::Bind { fqdn: fqdn(name), shard: "web-1".into(), cluster: None });
+    let at_7 = |command| Command::Conditional { if_version: 7, command };
+    assert!(state.apply_at(&at_7(bind("a.com")), 7).is_ok());
+    let before = state.clone();
+    let stale = state.apply_at(&at_7(bind("b.com")), 8).unwrap_err();
+    // The refused command takes its own entry: the state is then at version 9.
+    assert_eq!(stale, StateError::Stale { if_version: 7, current: 9 });
+    assert_eq!(stale.to_string(), "the state is at version 9, not 7 as --if-version said: read it again and retry");
+    // A version the state has not reached is no more valid.
+    assert!(matches!(state.apply_at(&at_7(bind("c.com")), 6), Err(StateError::Stale { current: 7, .. })));
+    assert_eq!(state, before, "a refused write changed the state");
+}
