@@ -269,3 +269,39 @@ async fn a_write_with_a_stale_if_version_is_refused_and_changes_nothing() -> any
     assert!(err.to_string().contains("as --if-version said"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_dry_run_changes_nothing_and_prune_makes_the_map_the_file() -> anyhow::Result<()> {
+    use lbfleet_coordinator::ctl::import;
+
+    let cluster = TestCluster::start(1, 10_000).await?;
+    let client = cluster.client().await?;
+    topology(&client).await?;
+    client.write(Kind::CreateShard(pb::CreateShard { name: "web-2".into(), cluster: "c1".into() })).await?;
+    for fqdn in ["moved.com", "same.com", "gone.com"] {
+        bind(&client, fqdn).await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("map.txt");
+    std::fs::write(&file, "moved.com shard-web-2\nsame.com shard-web-1\nnew.com shard-web-1\n")?;
+    let bindings = || async {
+        let view = client.cluster("c1", None).await?;
+        anyhow::Ok(view.bindings.into_iter().map(|b| (b.fqdn, b.shard)).collect::<Vec<_>>())
+    };
+    let before = bindings().await?;
+
+    let plan = import::dry_run(&client, &file, "c1", true).await?;
+    assert_eq!(plan.added, [("new.com".to_string(), "web-1".to_string())]);
+    assert_eq!(plan.moved, [("moved.com".to_string(), "web-1".to_string(), "web-2".to_string())]);
+    assert_eq!((plan.unchanged, plan.removed.clone()), (1, vec!["gone.com".to_string()]));
+    assert_eq!(bindings().await?, before, "a dry run changed the map");
+
+    let report = import::run(&client, &file, "c1", 100, true).await?;
+    assert_eq!((report.added, report.moved, report.unchanged, report.removed), (1, 1, 1, 1));
+    let expected: Vec<(String, String)> = [("moved.com", "web-2"), ("new.com", "web-1"), ("same.com", "web-1")]
+        .iter()
+        .map(|(f, s)| (f.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(bindings().await?, expected);
+    Ok(())
+}

@@ -80,6 +80,12 @@ pub enum Command {
         /// Bindings per Raft log entry.
         #[arg(long, default_value_t = 10_000)]
         batch_size: usize,
+        /// Also unbind what the cluster holds and the file does not name: the map becomes the file.
+        #[arg(long)]
+        prune: bool,
+        /// Print what would be added, moved, removed and left alone, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Load-balancer views.
     #[command(subcommand)]

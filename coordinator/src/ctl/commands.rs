@@ -119,8 +119,11 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 write_and_wait(&client, kind, wait, timeout, json).await?;
             }
         }
-        Command::Import { file, cluster, batch_size } => {
-            let report = import::run(&client, &file, &cluster, batch_size.max(1)).await?;
+        Command::Import { file, cluster, prune, dry_run: true, .. } => {
+            output::import_plan(json, &file, &import::dry_run(&client, &file, &cluster, prune).await?);
+        }
+        Command::Import { file, cluster, batch_size, prune, dry_run: false } => {
+            let report = import::run(&client, &file, &cluster, batch_size.max(1), prune).await?;
             output::import_report(json, &file, &report);
         }
         Command::Lb(LbCommand::Show { cluster, host }) => {

@@ -1,8 +1,10 @@
-//! `lbfleet import`: an existing fqdn-to-shard.map, committed in large batches.
+//! `lbfleet import`: an existing fqdn-to-shard.map, committed in large batches; with `--prune`
+//! the cluster's map becomes exactly the file, and `--dry-run` says what would change.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use futures::StreamExt;
 use indicatif::ProgressBar;
 use indicatif::ProgressStyle;
 use lbfleet_proto::names;
@@ -32,6 +34,8 @@ pub struct ImportReport {
     pub moved: u64,
     /// Bindings that were already in place.
     pub unchanged: u64,
+    /// Bindings not in the file that `--prune` removed.
+    pub removed: u64,
     /// Log entries the import took.
     pub batches: u64,
     /// The state's version after the last batch.
@@ -41,7 +45,7 @@ pub struct ImportReport {
 }
 
 /// The entries of a map file that can be sent, and the lines that cannot.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct ParsedMap {
     pub entries: Vec<pb::BindEntry>,
     pub skipped: Vec<SkippedEntry>,
@@ -86,10 +90,73 @@ pub fn parse_map(text: &str) -> ParsedMap {
     parsed
 }
 
-/// Reads, validates and commits the file, `batch_size` bindings per log entry.
-pub async fn run(client: &Client, file: &Path, cluster: &str, batch_size: usize) -> anyhow::Result<ImportReport> {
-    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let parsed = parse_map(&text);
+/// Unbinds `--prune` keeps in flight at once; the group commits them together.
+const PRUNE_IN_FLIGHT: usize = 64;
+
+/// What an import would do to a cluster's map, computed without writing anything.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImportPlan {
+    /// FQDNs not bound yet, with their shard.
+    pub added: Vec<(String, String)>,
+    /// FQDNs bound to another shard: (fqdn, from, to).
+    pub moved: Vec<(String, String, String)>,
+    /// FQDNs already bound as the file says.
+    pub unchanged: u64,
+    /// FQDNs bound now but not in the file (removed only with `--prune`).
+    pub removed: Vec<String>,
+    /// Lines of the file that cannot be imported.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Compares the file's entries with the cluster's bindings.
+pub fn plan(parsed: ParsedMap, current: &[pb::BindEntry], prune: bool) -> ImportPlan {
+    let now: HashMap<&str, &str> = current.iter().map(|b| (b.fqdn.as_str(), b.shard.as_str())).collect();
+    let mut plan = ImportPlan { skipped: parsed.skipped, ..ImportPlan::default() };
+    if prune {
+        plan.removed = not_in_file(&parsed.entries, current);
+    }
+    for entry in parsed.entries {
+        match now.get(entry.fqdn.as_str()) {
+            None => plan.added.push((entry.fqdn, entry.shard)),
+            Some(shard) if *shard == entry.shard => plan.unchanged += 1,
+            Some(shard) => plan.moved.push((entry.fqdn, shard.to_string(), entry.shard)),
+        }
+    }
+    plan
+}
+
+/// The FQDNs of `current` that `entries` does not name.
+fn not_in_file(entries: &[pb::BindEntry], current: &[pb::BindEntry]) -> Vec<String> {
+    let in_file: std::collections::HashSet<&str> = entries.iter().map(|e| e.fqdn.as_str()).collect();
+    current.iter().filter(|b| !in_file.contains(b.fqdn.as_str())).map(|b| b.fqdn.clone()).collect()
+}
+
+/// Reads the file and the cluster's map and says what an import would change; writes nothing.
+pub async fn dry_run(client: &Client, file: &Path, cluster: &str, prune: bool) -> anyhow::Result<ImportPlan> {
+    let parsed = parse_map(&read(file)?);
+    let current = client.cluster(cluster, None).await?.bindings;
+    Ok(plan(parsed, &current, prune))
+}
+
+fn read(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
+}
+
+/// Reads, validates and commits the file, `batch_size` bindings per log entry; with `prune`,
+/// then unbinds what the cluster held before the import and the file does not name.
+pub async fn run(
+    client: &Client,
+    file: &Path,
+    cluster: &str,
+    batch_size: usize,
+    prune: bool,
+) -> anyhow::Result<ImportReport> {
+    let parsed = parse_map(&read(file)?);
+    // Read before importing: the import adds and moves only names that are in the file.
+    let to_remove = match prune {
+        true => not_in_file(&parsed.entries, &client.cluster(cluster, None).await?.bindings),
+        false => Vec::new(),
+    };
     let mut report = ImportReport { skipped: parsed.skipped, ..ImportReport::default() };
     let progress = ProgressBar::new(parsed.entries.len() as u64);
     progress.set_style(
@@ -114,6 +181,16 @@ pub async fn run(client: &Client, file: &Path, cluster: &str, batch_size: usize)
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
+    let unbinds = to_remove.into_iter().map(|fqdn| {
+        let unbind = pb::Unbind { fqdn, cluster: cluster.to_string() };
+        client.write(pb::command::Kind::Unbind(unbind))
+    });
+    let mut unbinds = futures::stream::iter(unbinds).buffer_unordered(PRUNE_IN_FLIGHT);
+    while let Some(reply) = unbinds.next().await {
+        let reply = reply?;
+        report.removed += 1;
+        report.version = report.version.max(reply.version);
+    }
     Ok(report)
 }
 
@@ -134,6 +211,20 @@ mod tests {
         assert_eq!(lines, [Some(5), Some(6), Some(7), Some(8), Some(9)]);
         assert!(parsed.skipped[1].reason.contains("shard-<name>"));
         assert!(parsed.skipped[2].reason.contains("already appears on line 3"));
+    }
+
+    #[test]
+    fn a_plan_sorts_entries_into_added_moved_unchanged_and_removed() {
+        let parsed = parse_map("new.com shard-web-1\nmoved.com shard-web-2\nsame.com shard-web-1\nbad line\n");
+        let bound = |fqdn: &str, shard: &str| pb::BindEntry { fqdn: fqdn.into(), shard: shard.into() };
+        let current = [bound("moved.com", "web-1"), bound("same.com", "web-1"), bound("gone.com", "web-1")];
+        let planned = plan(parsed.clone(), &current, true);
+        assert_eq!(planned.added, [("new.com".to_string(), "web-1".to_string())]);
+        assert_eq!(planned.moved, [("moved.com".to_string(), "web-1".to_string(), "web-2".to_string())]);
+        assert_eq!(planned.unchanged, 1);
+        assert_eq!(planned.removed, ["gone.com"]);
+        assert_eq!(planned.skipped.len(), 1);
+        assert!(plan(parsed, &current, false).removed.is_empty(), "without --prune nothing is removed");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use lbfleet_proto::pb;
 use serde::Serialize;
 
 use super::client::ClientError;
+use super::import::ImportPlan;
 use super::import::ImportReport;
 use super::snapshot::SnapshotReport;
 use crate::snapshot_file::SnapshotHeader;
@@ -416,11 +417,12 @@ pub fn import_report(json: bool, file: &Path, report: &ImportReport) {
         return print_json(&ImportJson { file: file.display().to_string(), report });
     }
     println!(
-        "imported {}: {} added, {} moved, {} unchanged, {} skipped, in {} batches (version {})",
+        "imported {}: {} added, {} moved, {} unchanged, {} removed, {} skipped, in {} batches (version {})",
         file.display(),
         report.added,
         report.moved,
         report.unchanged,
+        report.removed,
         report.skipped.len(),
         report.batches,
         report.version
@@ -434,6 +436,35 @@ pub fn import_report(json: bool, file: &Path, report: &ImportReport) {
     }
     if report.skipped.len() > SHOWN {
         println!("  ... and {} more (use --json for all)", report.skipped.len() - SHOWN);
+    }
+}
+
+/// `import --dry-run`: what would change, counts first and a few examples of each.
+pub fn import_plan(json: bool, file: &Path, plan: &ImportPlan) {
+    if json {
+        return print_json(plan);
+    }
+    println!(
+        "importing {} would add {}, move {}, remove {}, leave {} unchanged and skip {} lines; nothing was changed",
+        file.display(),
+        plan.added.len(),
+        plan.moved.len(),
+        plan.removed.len(),
+        plan.unchanged,
+        plan.skipped.len()
+    );
+    const EXAMPLES: usize = 5;
+    for (fqdn, shard) in plan.added.iter().take(EXAMPLES) {
+        println!("  add    {fqdn} -> {shard}");
+    }
+    for (fqdn, from, to) in plan.moved.iter().take(EXAMPLES) {
+        println!("  move   {fqdn}: {from} -> {to}");
+    }
+    for fqdn in plan.removed.iter().take(EXAMPLES) {
+        println!("  remove {fqdn}");
+    }
+    for skipped in plan.skipped.iter().take(EXAMPLES) {
+        println!("  skip   line {}: {}: {}", skipped.line.unwrap_or_default(), skipped.entry, skipped.reason);
     }
 }
 
@@ -646,7 +677,7 @@ mod tests {
         let value = serde_json::to_value(ImportJson { file: "map.txt".into(), report: &report }).unwrap();
         assert_eq!(
             value,
-            json!({"file": "map.txt", "added": 2, "moved": 0, "unchanged": 0, "batches": 1, "version": 5, "skipped": []})
+            json!({"file": "map.txt", "added": 2, "moved": 0, "unchanged": 0, "removed": 0, "batches": 1, "version": 5, "skipped": []})
         );
     }
 }

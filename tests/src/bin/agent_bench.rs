@@ -538,7 +538,7 @@ async fn import_to_live(
     }
 
     let started = Instant::now();
-    let report = import::run(client, &file, &fleet.cluster, IMPORT_BATCH).await?;
+    let report = import::run(client, &file, &fleet.cluster, IMPORT_BATCH, false).await?;
     let committed = started.elapsed();
     anyhow::ensure!(report.added == fqdns as u64, "import added {} of {fqdns}: {:?}", report.added, report.skipped);
     let progress = client.wait_applied(&fleet.cluster, report.version, cap).await?;
