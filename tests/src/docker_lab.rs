@@ -41,15 +41,21 @@ pub const READY: Duration = Duration::from_secs(30);
 pub fn docker_available() -> bool {
     let probe =
         Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", HAPROXY_IMAGE, NODE_IMAGE]).output();
+    tool_answers(probe, "docker", "Docker or the lbfleet images", "build them with docker/build-images.sh")
+}
+
+/// Whether a probe of a tool the Docker tests need succeeded. When it did not, this panics if `CI`
+/// is set (those tests never pass by skipping in CI) and otherwise says why the test did nothing.
+pub fn tool_answers(probe: std::io::Result<std::process::Output>, tool: &str, what: &str, hint: &str) -> bool {
     let problem = match probe {
         Ok(out) if out.status.success() => return true,
         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        Err(e) => format!("cannot run docker: {e}"),
+        Err(e) => format!("cannot run {tool}: {e}"),
     };
     if std::env::var_os("CI").is_some() {
-        panic!("Docker or the lbfleet images are unavailable and CI is set ({problem}); build them with docker/build-images.sh");
+        panic!("{what} unavailable and CI is set ({problem}); {hint}");
     }
-    eprintln!("note: Docker test not run: {problem} (build the images with docker/build-images.sh)");
+    eprintln!("note: test not run, {what} unavailable: {problem} ({hint})");
     false
 }
 

@@ -229,6 +229,19 @@ impl ProcessCluster {
         }
     }
 
+    /// The index of the leader as `client` sees it, once it knows one: a busy machine may hold a
+    /// second election right after the first.
+    pub async fn leader_index(&self, client: &Client) -> anyhow::Result<usize> {
+        let leader = crate::poll::wait_for("a leader", LEADER_DEADLINE, || async {
+            let status = client.status().await.ok()?;
+            status.has_leader.then_some(status.current_leader)
+        })
+        .await?;
+        (0..self.size())
+            .find(|&i| self.node_id(i) == leader)
+            .ok_or_else(|| anyhow::anyhow!("leader {leader} is not a member of this cluster"))
+    }
+
     /// Kills the node at `index` with SIGKILL and reaps it; its data dir stays.
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].child.get_mut().expect("child lock").take() {

@@ -83,13 +83,8 @@ impl Rig {
         let cluster = ProcessCluster::start(3)?;
         add_agent_certs(&lbfleet_binary(), &cluster.tls_dir, &[HOST])?;
         let client = cluster.client().await?;
-        // A busy machine may hold a second election right after the first.
-        let leader_id = wait_for("a leader", WAIT, || async {
-            let status = client.status().await.ok()?;
-            status.has_leader.then_some(status.current_leader)
-        })
-        .await?;
-        let leader = (0..cluster.size()).find(|&i| cluster.node_id(i) == leader_id).expect("the leader is a member");
+        let leader = cluster.leader_index(&client).await?;
+        let leader_id = cluster.node_id(leader);
         let mut lab = Lab::new(test)?;
         let lb = lab.start_haproxy(HOST, Mounts::ALL)?;
         client

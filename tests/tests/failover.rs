@@ -29,13 +29,7 @@ async fn setup() -> anyhow::Result<(ProcessCluster, usize)> {
         .write(Kind::CreateCluster(pb::CreateCluster { name: "c1".into(), haproxy_container: String::new() }))
         .await?;
     client.write(Kind::CreateShard(pb::CreateShard { name: "web-1".into(), cluster: "c1".into() })).await?;
-    // A busy machine may hold a second election right after the first.
-    let leader = lbfleet_tests::poll::wait_for("a leader", TIMEOUT, || async {
-        let status = client.status().await.ok()?;
-        status.has_leader.then_some(status.current_leader)
-    })
-    .await?;
-    let index = (0..cluster.size()).find(|&i| cluster.node_id(i) == leader).expect("the leader is a member");
+    let index = cluster.leader_index(&client).await?;
     Ok((cluster, index))
 }
 
