@@ -394,6 +394,7 @@ impl Applier {
                         server: s.server,
                         status: s.status,
                         check: s.check,
+                        ..Default::default()
                     })
                     .collect()
             }

@@ -25,7 +25,11 @@ pub fn topology(state: &State, host: &Host) -> pb::AgentTopology {
                 .nodes
                 .values()
                 .filter(|node| node.shard == shard.name)
-                .map(|node| pb::ServerSpec { name: node.name.clone(), address: node.address.clone() })
+                .map(|node| pb::ServerSpec {
+                    name: node.name.clone(),
+                    address: node.address.clone(),
+                    ..Default::default()
+                })
                 .collect(),
         })
         .collect();

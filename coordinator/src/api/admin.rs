@@ -234,6 +234,13 @@ impl pb::admin_server::Admin for AdminService {
         let file = snapshot::encode(self.shared.clone(), node_id).await?;
         Ok(Response::new(snapshot::stream(file)))
     }
+
+    async fn node_sessions(
+        &self,
+        _request: Request<pb::NodeSessionsRequest>,
+    ) -> Result<Response<pb::NodeSessionsReply>, Status> {
+        Err(Status::unimplemented("node sessions are not supported yet"))
+    }
 }
 
 impl AdminService {

@@ -31,6 +31,7 @@ pub fn command_from_pb(command: Option<pb::Command>) -> Result<Command, Status> 
             address: h.address,
             haproxy_container: non_empty(h.haproxy_container),
         },
+        PbKind::SetNodeState(_) => return Err(Status::unimplemented("node admin states are not supported yet")),
         PbKind::CreateShard(s) => Command::CreateShard { name: s.name, cluster: s.cluster },
         PbKind::AddNode(n) => Command::AddNode {
             name: n.name,
@@ -184,6 +185,7 @@ pub fn cluster_view(applied: &Applied, cluster: &Cluster, host_filter: Option<&s
             host: n.host.clone(),
             address: n.address.clone(),
             container: n.container.clone().unwrap_or_default(),
+            ..Default::default()
         })
         .collect();
     let bindings = cluster
