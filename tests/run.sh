@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs lbfleet's whole test suite: formatting, lints, unit, cluster, process and Docker tests.
 # Builds what the tests need first (binaries, and the images without a registry: HAProxy, nginx,
-# and the coordinator and agent images of the chaos tests' compose fleet).
+# and the coordinator and agent images of the chaos tests' compose fleet) and installs wrk
+# (Debian's package, as root) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,19 @@ elif [ -n "${CI:-}" ]; then
   exit 1
 else
   echo "no Docker engine: the Docker tests will say so and skip (they fail when CI is set)"
+fi
+
+step "wrk for the reloads-under-load test"
+if command -v wrk >/dev/null; then
+  echo "wrk: $(command -v wrk)"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
+elif [ -n "${CI:-}" ]; then
+  echo "error: CI is set and wrk is missing; install it (Debian: apt-get install wrk)" >&2
+  exit 1
+else
+  echo "no wrk and not root: the wrk test will say so and skip (it fails when CI is set)"
 fi
 
 step "lints"

@@ -3,6 +3,7 @@
 //! nginx nodes, `lbfleet-agent` processes, and a whole fleet of them behind one coordinator.
 //! Everything a lab starts is removed again when it is dropped, also after a panic.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::process::Command;
 use std::process::Stdio;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -23,14 +25,26 @@ use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::compose_fleet::run;
+use crate::compose_fleet::Ran;
 use crate::poll::wait_for;
 use crate::process::ClusterOptions;
 use crate::process::ProcessCluster;
 
-/// The HAProxy image `docker/build-images.sh` builds.
-pub const HAPROXY_IMAGE: &str = "lbfleet/haproxy:dev";
-/// The nginx node image `docker/build-images.sh` builds.
-pub const NODE_IMAGE: &str = "lbfleet/node:dev";
+/// The HAProxy image `docker/build-images.sh` builds (tagged `LBFLEET_TAG`, default `dev`).
+pub fn haproxy_image() -> String {
+    format!("lbfleet/haproxy:{}", image_tag())
+}
+
+/// The nginx node image `docker/build-images.sh` builds (tagged `LBFLEET_TAG`, default `dev`).
+pub fn node_image() -> String {
+    format!("lbfleet/node:{}", image_tag())
+}
+
+/// `LBFLEET_TAG`, as `docker/build-images.sh` reads it: images of another tree can sit next to these.
+fn image_tag() -> String {
+    std::env::var("LBFLEET_TAG").unwrap_or_else(|_| "dev".into())
+}
 /// The FQDN map inside the HAProxy container; also its name in the runtime API.
 pub const MAP_PATH: &str = "/var/lib/haproxy/maps/fqdn-to-shard.map";
 /// How long a container or an agent gets to come up.
@@ -39,9 +53,18 @@ pub const READY: Duration = Duration::from_secs(30);
 /// Whether Docker and the images are here. Without them this panics when `CI` is set, and
 /// otherwise says why the test did nothing: Docker tests never pass by skipping in CI.
 pub fn docker_available() -> bool {
-    let probe =
-        Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", HAPROXY_IMAGE, NODE_IMAGE]).output();
+    let probe = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &haproxy_image(), &node_image()])
+        .output();
     tool_answers(probe, "docker", "Docker or the lbfleet images", "build them with docker/build-images.sh")
+}
+
+/// Whether `wrk` is installed; like `docker_available`, this panics when it is not and `CI` is set.
+pub fn wrk_available() -> bool {
+    // `wrk --version` exits 1 even when it prints its version, so ask the shell whether it is there.
+    let probe =
+        Command::new("sh").args(["-c", "command -v wrk || { echo 'wrk is not on PATH' >&2; exit 1; }"]).output();
+    tool_answers(probe, "wrk", "wrk", "install it: apt-get install wrk (tests/run.sh does it as root)")
 }
 
 /// Whether a probe of a tool the Docker tests need succeeded. When it did not, this panics if `CI`
@@ -142,6 +165,145 @@ impl HaproxyBox {
         let answer = self.admin(&format!("show map {MAP_PATH}")).await?;
         Ok(answer.lines().filter(|line| !line.trim().is_empty()).count())
     }
+
+    /// HAProxy's runtime map (`show map`): FQDN → backend.
+    pub async fn map(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let answer = self.admin(&format!("show map {MAP_PATH}")).await?;
+        parse_show_map(&answer)
+    }
+
+    /// Every backend server as this HAProxy's current worker sees it (`show stat`).
+    pub async fn servers(&self) -> anyhow::Result<Vec<ServerStat>> {
+        parse_show_stat(&self.admin("show stat").await?)
+    }
+
+    /// The server `server` of `backend`, if HAProxy has it.
+    pub async fn server(&self, backend: &str, server: &str) -> anyhow::Result<Option<ServerStat>> {
+        Ok(self.servers().await?.into_iter().find(|s| s.backend == backend && s.server == server))
+    }
+
+    /// The PID of the current worker, from the master CLI (`show proc`); a reload starts a new one.
+    pub async fn worker_pid(&self) -> anyhow::Result<u32> {
+        let procs = admin_command(&self.socket_dir.join("master.sock"), "show proc").await?;
+        current_worker(&procs).with_context(|| format!("no current worker in `show proc`: {procs:?}"))
+    }
+
+    /// The PID of the worker that answers the admin socket (`show info`).
+    pub async fn answering_pid(&self) -> anyhow::Result<u32> {
+        let info = self.admin("show info").await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("Pid: ")?.trim().parse().ok())
+            .with_context(|| format!("no Pid in `show info`: {info:?}"))
+    }
+}
+
+/// Waits until a `GET /` for `fqdn` through `lb` is answered 200 by a node of `shard`; returns
+/// that node (`X-Served-By`). Only a failed or wrong answer is retried, never a node that answered.
+pub async fn node_serving(lb: &HaproxyBox, fqdn: &str, shard: &str) -> anyhow::Result<String> {
+    let last = Mutex::new(String::from("no answer yet"));
+    let found =
+        wait_for(&format!("{fqdn} to be served from shard {shard} through {}", lb.container), READY, || async {
+            let answer = match http_get(lb.http().ok()?, fqdn).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    *last.lock().expect("lock") = error.to_string();
+                    return None;
+                }
+            };
+            if answer.status != 200 || answer.header("x-shard") != Some(shard) {
+                *last.lock().expect("lock") = format!("{answer:?}");
+                return None;
+            }
+            answer.header("x-served-by").map(str::to_owned)
+        })
+        .await;
+    found.with_context(|| format!("last answer: {}", last.lock().expect("lock")))
+}
+
+/// Waits until the servers of `backend` on `lb` satisfy `check` (`what` names it); returns them.
+pub async fn wait_servers<F>(lb: &HaproxyBox, backend: &str, what: &str, check: F) -> anyhow::Result<Vec<ServerStat>>
+where
+    F: Fn(&[ServerStat]) -> bool,
+{
+    let seen = Mutex::new(Vec::new());
+    let found = wait_for(&format!("{what} on {}", lb.container), READY, || async {
+        let servers: Vec<ServerStat> = lb.servers().await.ok()?.into_iter().filter(|s| s.backend == backend).collect();
+        let done = check(&servers);
+        *seen.lock().expect("lock") = servers.clone();
+        done.then_some(servers)
+    })
+    .await;
+    found.with_context(|| format!("servers of {backend} last seen: {:?}", seen.lock().expect("lock")))
+}
+
+/// One backend server row of `show stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStat {
+    /// The backend (`pxname`), e.g. `shard-web-1`.
+    pub backend: String,
+    /// The server (`svname`), the node's name.
+    pub server: String,
+    /// `status`: `UP`, `DOWN`, `MAINT`, `DRAIN`, `UP 1/3`, `MAINT (resolution)`, ...
+    pub status: String,
+    /// `scur`: sessions on the server now.
+    pub sessions: u64,
+}
+
+/// Parses `show stat` CSV into its server rows (FRONTEND and BACKEND rows left out). The columns
+/// read here come before every free-text column, so a plain split on commas is enough.
+pub fn parse_show_stat(answer: &str) -> anyhow::Result<Vec<ServerStat>> {
+    let mut lines = answer.lines();
+    let header = lines
+        .next()
+        .and_then(|line| line.strip_prefix("# "))
+        .with_context(|| format!("`show stat` answered with no table: {answer:?}"))?;
+    let columns: Vec<&str> = header.split(',').collect();
+    let column = |name: &str| columns.iter().position(|c| *c == name).with_context(|| format!("no {name} column"));
+    let (pxname, svname, status, scur) = (column("pxname")?, column("svname")?, column("status")?, column("scur")?);
+    let mut servers = Vec::new();
+    for line in lines.filter(|line| !line.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or_default();
+        if matches!(field(svname), "FRONTEND" | "BACKEND") {
+            continue;
+        }
+        servers.push(ServerStat {
+            backend: field(pxname).to_owned(),
+            server: field(svname).to_owned(),
+            status: field(status).to_owned(),
+            sessions: field(scur).parse().unwrap_or(0),
+        });
+    }
+    Ok(servers)
+}
+
+/// Parses `show map` (`<ref> <key> <value>` per line) into key → value.
+pub fn parse_show_map(answer: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    answer
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [_, key, value] => Ok((key.to_string(), value.to_string())),
+            _ => bail!("unexpected `show map` line {line:?}"),
+        })
+        .collect()
+}
+
+/// The PID of the current worker in the master CLI's `show proc`: the first `worker` row of the
+/// `# workers` section (old workers still finishing their connections are listed after it).
+fn current_worker(procs: &str) -> Option<u32> {
+    let mut in_workers = false;
+    for line in procs.lines() {
+        if line.starts_with('#') {
+            in_workers = line.trim() == "# workers";
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        if let (true, Some(pid), Some("worker")) = (in_workers, fields.next(), fields.next()) {
+            return pid.parse().ok();
+        }
+    }
+    None
 }
 
 /// Sends `command` over a fresh connection to an HAProxy admin or master socket (non-interactive
@@ -211,7 +373,7 @@ impl Lab {
                 args.push(format!("{}:{target}", dir.display()));
             }
         }
-        args.push(HAPROXY_IMAGE.into());
+        args.push(haproxy_image());
         // Registered before it runs: a half-started container is removed too.
         self.containers.push(container.clone());
         docker(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -235,9 +397,24 @@ impl Lab {
             &self.network,
             "-e",
             &env,
-            NODE_IMAGE,
+            &node_image(),
         ])?;
         Ok(container)
+    }
+}
+
+impl Lab {
+    /// Stops `container` (nginx finishes what it has in flight first).
+    pub fn stop(&self, container: &str) -> anyhow::Result<()> {
+        docker(&["stop", "-t", "10", container]).map(drop)
+    }
+
+    /// The address of `container` on the lab's network.
+    pub fn ip(&self, container: &str) -> anyhow::Result<String> {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.network);
+        let ip = docker(&["inspect", "-f", &format, container])?;
+        anyhow::ensure!(!ip.is_empty(), "{container} has no address on {}", self.network);
+        Ok(ip)
     }
 }
 
@@ -367,6 +544,18 @@ pub struct LbHost {
     pub agent: AgentProcess,
 }
 
+/// How HAProxy is told to reach a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAddress {
+    /// `<container>:80`, resolved through Docker's DNS (a stopped container's name stops resolving).
+    ContainerName,
+    /// `<ip>:80` on the lab's network: a stopped container's server has no name to lose.
+    Ip,
+}
+
+/// How long `Fleet::cli` lets one CLI command run.
+const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A one-node coordinator, LB hosts (HAProxy + agent) and nginx nodes on one Docker network,
 /// with one lbfleet cluster registered. Agents, then the coordinator, then the containers go on drop.
 pub struct Fleet {
@@ -378,6 +567,7 @@ pub struct Fleet {
     pub lab: Lab,
     /// The lbfleet cluster every host serves.
     pub cluster: String,
+    coordinators_binary: PathBuf,
 }
 
 impl Fleet {
@@ -415,7 +605,7 @@ impl Fleet {
             version = client.write(Kind::AddHost(add)).await?.version;
             boxes.push(lb);
         }
-        let mut fleet = Fleet { hosts: Vec::new(), coordinators, lab, cluster };
+        let mut fleet = Fleet { hosts: Vec::new(), coordinators, lab, cluster, coordinators_binary: lbfleet };
         // Agents meet HAProxy already running, as on a host where the container outlives the agent.
         for lb in &boxes {
             lb.wait_ready().await?;
@@ -454,14 +644,29 @@ impl Fleet {
 
     /// Starts one nginx node per name in `nodes` and adds it to `shard` (on the first host); waits until applied.
     pub async fn add_nodes(&mut self, client: &Client, shard: &str, nodes: &[&str]) -> anyhow::Result<()> {
+        self.add_nodes_with(client, shard, nodes, NodeAddress::ContainerName).await
+    }
+
+    /// Like `add_nodes`, with HAProxy reaching the nodes at `address`.
+    pub async fn add_nodes_with(
+        &mut self,
+        client: &Client,
+        shard: &str,
+        nodes: &[&str],
+        address: NodeAddress,
+    ) -> anyhow::Result<()> {
         let mut version = 0;
         for node in nodes {
             let container = self.lab.start_node(node, shard)?;
+            let host = match address {
+                NodeAddress::ContainerName => container.clone(),
+                NodeAddress::Ip => self.lab.ip(&container)?,
+            };
             let add = pb::AddNode {
                 name: node.to_string(),
                 shard: shard.to_owned(),
                 host: self.hosts[0].id.clone(),
-                address: format!("{container}:80"),
+                address: format!("{host}:80"),
                 container,
             };
             version = client.write(Kind::AddNode(add)).await?.version;
@@ -469,10 +674,39 @@ impl Fleet {
         self.wait_applied(client, version).await
     }
 
+    /// The `lbfleet` CLI as the operator against this fleet's coordinator, with `args` after the
+    /// global flags; for a command that runs while the test does something else.
+    pub fn cli_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.coordinators_binary);
+        command
+            .arg("--endpoints")
+            .arg(self.coordinators.endpoints().join(","))
+            .arg("--tls-dir")
+            .arg(&self.coordinators.tls_dir)
+            .args(args)
+            .env_remove("LBFLEET_JSON")
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    /// Runs the `lbfleet` CLI (see `cli_command`) to its end, killing it after a minute.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<Ran> {
+        run(self.cli_command(args), CLI_DEADLINE).await
+    }
+
     /// Binds `fqdn` to `shard` and waits until every host applied it (`bind --wait`); returns the version.
     pub async fn bind(&self, client: &Client, fqdn: &str, shard: &str) -> anyhow::Result<u64> {
         let bind = pb::Bind { fqdn: fqdn.to_owned(), shard: shard.to_owned(), cluster: String::new() };
         let version = client.write(Kind::Bind(bind)).await?.version;
+        self.wait_applied(client, version).await?;
+        Ok(version)
+    }
+
+    /// Binds every FQDN of `fqdns` to `shard` in one batch and waits until every host applied it.
+    pub async fn bind_all(&self, client: &Client, fqdns: &[String], shard: &str) -> anyhow::Result<u64> {
+        let entries = fqdns.iter().map(|fqdn| pb::BindEntry { fqdn: fqdn.clone(), shard: shard.to_owned() }).collect();
+        let batch = pb::BindBatch { cluster: self.cluster.clone(), entries };
+        let version = client.write(Kind::BindBatch(batch)).await?.version;
         self.wait_applied(client, version).await?;
         Ok(version)
     }
@@ -524,11 +758,22 @@ impl HttpAnswer {
 
 /// Sends `GET /` with `Host: <host>` over a fresh connection.
 pub async fn http_get(addr: SocketAddr, host: &str) -> anyhow::Result<HttpAnswer> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await??;
+    http_get_path(addr, host, "/", Duration::from_secs(5)).await
+}
+
+/// Sends `GET <path>` with `Host: <host>` over a fresh connection; `timeout` bounds the whole answer.
+pub async fn http_get_path(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> anyhow::Result<HttpAnswer> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("GET {path} (Host: {host}) from {addr} took longer than {timeout:?}"))??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
     let mut lines = head.lines();
@@ -538,4 +783,38 @@ pub async fn http_get(addr: SocketAddr, host: &str) -> anyhow::Result<HttpAnswer
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     Ok(HttpAnswer { status, headers, body: body.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_stat_rows_are_servers_only() {
+        let answer = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight\n\
+            http,FRONTEND,,,3,5,,,,,,,,,,,,OPEN,\n\
+            shard-web,n0,0,0,1,2,,9,,,,,,,,0,0,UP,1\n\
+            shard-web,n1,0,0,0,0,,0,,,,,,,,0,0,MAINT (resolution),1\n\
+            shard-web,BACKEND,0,0,1,2,,9,,,,,,,,0,0,UP,2\n";
+        let servers = parse_show_stat(answer).unwrap();
+        let rows: Vec<(&str, &str, &str, u64)> =
+            servers.iter().map(|s| (s.backend.as_str(), s.server.as_str(), s.status.as_str(), s.sessions)).collect();
+        assert_eq!(rows, [("shard-web", "n0", "UP", 1), ("shard-web", "n1", "MAINT (resolution)", 0)]);
+        assert!(parse_show_stat("Unknown command.\n").is_err());
+    }
+
+    #[test]
+    fn show_map_and_show_proc() {
+        let map = parse_show_map("0x1 a.example.com shard-a\n0x2 b.example.com shard-b\n\n").unwrap();
+        assert_eq!(map.get("b.example.com").map(String::as_str), Some("shard-b"));
+        assert!(parse_show_map("0x1 lonely\n").is_err());
+        let procs = "#<PID>          <type>          <reloads>       <uptime>        <version>\n\
+            8               master          2 [failed: 0]   0d00h00m09s     3.0.11\n\
+            # workers\n\
+            31              worker          0               0d00h00m01s     3.0.11\n\
+            # old workers\n\
+            20              worker          1               0d00h00m05s     3.0.11\n";
+        assert_eq!(current_worker(procs), Some(31));
+        assert_eq!(current_worker("# workers\n"), None);
+    }
 }

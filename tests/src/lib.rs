@@ -8,3 +8,4 @@ pub mod inproc;
 pub mod measure;
 pub mod poll;
 pub mod process;
+pub mod wrk;
