@@ -31,6 +31,11 @@ use crate::poll::wait_for;
 use crate::process::ClusterOptions;
 use crate::process::ProcessCluster;
 
+/// The HAProxy image `docker/build-images.sh` builds by default; the tests run `haproxy_image()`.
+pub const HAPROXY_IMAGE: &str = "lbfleet/haproxy:dev";
+/// The nginx node image `docker/build-images.sh` builds by default; the tests run `node_image()`.
+pub const NODE_IMAGE: &str = "lbfleet/node:dev";
+
 /// The HAProxy image `docker/build-images.sh` builds (tagged `LBFLEET_TAG`, default `dev`).
 pub fn haproxy_image() -> String {
     format!("lbfleet/haproxy:{}", image_tag())
@@ -45,6 +50,7 @@ pub fn node_image() -> String {
 fn image_tag() -> String {
     std::env::var("LBFLEET_TAG").unwrap_or_else(|_| "dev".into())
 }
+
 /// The FQDN map inside the HAProxy container; also its name in the runtime API.
 pub const MAP_PATH: &str = "/var/lib/haproxy/maps/fqdn-to-shard.map";
 /// How long a container or an agent gets to come up.

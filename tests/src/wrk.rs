@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-
-use crate::compose_fleet::run;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 /// What one wrk run is asked to do.
 #[derive(Debug, Clone)]
@@ -16,7 +17,7 @@ pub struct WrkLoad {
     pub threads: u32,
     /// `-c`: connections, kept alive between requests.
     pub connections: u32,
-    /// `-d`: how long it sends.
+    /// `-d`: how long it sends at most (`WrkRun::finish` may stop it earlier).
     pub duration: Duration,
     /// `--timeout`: a request slower than this counts as a timeout error.
     pub timeout: Duration,
@@ -27,10 +28,13 @@ pub struct WrkLoad {
 pub struct WrkReport {
     /// Requests completed.
     pub requests: u64,
-    /// `Socket errors: connect N, read N, write N, timeout N`; all 0 when wrk printed no such line.
+    /// Connections that could not be opened (`Socket errors: connect N`; 0 when wrk printed no such line).
     pub connect_errors: u64,
+    /// Reads that failed, e.g. a connection closed under a request (`read N`).
     pub read_errors: u64,
+    /// Writes that failed (`write N`).
     pub write_errors: u64,
+    /// Requests without an answer within `--timeout` (`timeout N`).
     pub timeouts: u64,
     /// `Non-2xx or 3xx responses: N`.
     pub non_2xx_3xx: u64,
@@ -85,21 +89,52 @@ pub fn host_rotation_script(hosts: &[String]) -> String {
     )
 }
 
-/// Runs wrk against `addr` with `script` to its end (it stops by itself after `load.duration`)
-/// and returns its report and its whole output.
-pub async fn run_wrk(addr: SocketAddr, load: &WrkLoad, script: &Path) -> anyhow::Result<(WrkReport, String)> {
-    let mut command = tokio::process::Command::new("wrk");
-    command
-        .args(["-t", &load.threads.to_string(), "-c", &load.connections.to_string()])
-        .args(["-d", &format!("{}s", load.duration.as_secs().max(1))])
-        .args(["--timeout", &format!("{}s", load.timeout.as_secs().max(1))])
-        .arg("-s")
-        .arg(script)
-        .arg(format!("http://{addr}/"));
-    let ran = run(command, load.duration + load.timeout + Duration::from_secs(30)).await?;
-    anyhow::ensure!(ran.ok, "wrk failed: {}\n{}", ran.stderr.trim(), ran.stdout);
-    let output = format!("{}{}", ran.stdout, ran.stderr);
-    Ok((WrkReport::parse(&ran.stdout)?, output))
+/// A wrk process sending load; killed on drop.
+pub struct WrkRun {
+    child: tokio::process::Child,
+    load: WrkLoad,
+}
+
+impl WrkRun {
+    /// Starts wrk against `addr` with `script`; it stops by itself after `load.duration` at the latest.
+    pub fn start(addr: SocketAddr, load: &WrkLoad, script: &Path) -> anyhow::Result<WrkRun> {
+        let child = tokio::process::Command::new("wrk")
+            .args(["-t", &load.threads.to_string(), "-c", &load.connections.to_string()])
+            .args(["-d", &format!("{}s", load.duration.as_secs().max(1))])
+            .args(["--timeout", &format!("{}s", load.timeout.as_secs().max(1))])
+            .arg("-s")
+            .arg(script)
+            .arg(format!("http://{addr}/"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start wrk")?;
+        Ok(WrkRun { child, load: load.clone() })
+    }
+
+    /// Whether wrk has ended (its time is up, or it failed).
+    pub fn has_ended(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the load now (SIGINT: wrk then reports what it did so far) and returns wrk's report
+    /// and its whole output.
+    pub async fn finish(mut self) -> anyhow::Result<(WrkReport, String)> {
+        if let (false, Some(pid)) = (self.has_ended(), self.child.id()) {
+            let pid = Pid::from_raw(i32::try_from(pid).context("wrk's pid")?);
+            // It may end by itself between the check and the signal; then there is no one to tell.
+            let _ = nix::sys::signal::kill(pid, Signal::SIGINT);
+        }
+        let deadline = self.load.timeout + Duration::from_secs(30);
+        let output = tokio::time::timeout(deadline, self.child.wait_with_output())
+            .await
+            .with_context(|| format!("wrk did not end within {deadline:?} of being told to stop"))??;
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(output.status.success(), "wrk failed ({}): {}\n{stdout}", output.status, stderr.trim());
+        Ok((WrkReport::parse(&stdout)?, format!("{stdout}{stderr}")))
+    }
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ use lbfleet_tests::poll::wait_for;
 use lbfleet_tests::process::agent_binary;
 use lbfleet_tests::process::ClusterOptions;
 use lbfleet_tests::wrk::host_rotation_script;
-use lbfleet_tests::wrk::run_wrk;
 use lbfleet_tests::wrk::WrkLoad;
+use lbfleet_tests::wrk::WrkRun;
 
 const SHARD: &str = "web";
 const BACKEND: &str = "shard-web";
@@ -35,6 +35,15 @@ const MAINT: &str = "node-1";
 const STOPPED: &str = "node-2";
 /// The shard whose nodes come and go; each change is a reload of the whole HAProxy.
 const CHURN_SHARD: &str = "churn";
+/// wrk's bound: it is stopped earlier, once the reloads are done.
+const WRK_LIMIT: Duration = Duration::from_secs(120);
+/// A request without an answer this long counts as failed (wrk's `--timeout`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Load before the first change.
+const LOAD_BEFORE: Duration = Duration::from_secs(2);
+/// Load after the last reload: longer than REQUEST_TIMEOUT, so a request stuck in a reload is
+/// counted as a timeout before wrk stops (wrk does not count what is in flight when it stops).
+const LOAD_AFTER: Duration = Duration::from_secs(8);
 /// How long a new worker may take to show the maint state (the agent may reassert it).
 const MAINT_SETTLES: Duration = Duration::from_secs(5);
 
@@ -108,16 +117,12 @@ async fn five_reloads_under_keep_alive_load_fail_no_request_and_keep_bindings_an
     // served by the others, unless a reload forgets their state.
     let script = fleet.lab.dir().join("rotate.lua");
     std::fs::write(&script, host_rotation_script(&by_node.values().cloned().collect::<Vec<_>>()))?;
-    let load =
-        WrkLoad { threads: 2, connections: 32, duration: Duration::from_secs(25), timeout: Duration::from_secs(10) };
-    let addr = lb.http()?;
+    // Bounded by WRK_LIMIT; stopped once the reloads are done and LOAD_AFTER has passed.
+    let load = WrkLoad { threads: 2, connections: 32, duration: WRK_LIMIT, timeout: REQUEST_TIMEOUT };
     let wrk_started = Instant::now();
-    let wrk = tokio::spawn({
-        let (load, script) = (load.clone(), script.clone());
-        async move { run_wrk(addr, &load, &script).await }
-    });
-    // Let every connection open first, so the reloads meet busy keep-alive connections.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut wrk = WrkRun::start(lb.http()?, &load, &script)?;
+    // Every connection open and busy first, so the reloads meet keep-alive connections in use.
+    tokio::time::sleep(LOAD_BEFORE).await;
 
     let changes = [
         Change::Add("churn-0"),
@@ -164,13 +169,9 @@ async fn five_reloads_under_keep_alive_load_fail_no_request_and_keep_bindings_an
         fqdns.push(fqdn);
     }
     let reloads_done = wrk_started.elapsed();
-    assert!(
-        !wrk.is_finished(),
-        "the five reloads took {reloads_done:?}, longer than wrk's {:?} of load",
-        load.duration
-    );
-
-    let (report, output) = wrk.await??;
+    tokio::time::sleep(LOAD_AFTER).await;
+    assert!(!wrk.has_ended(), "the five reloads took {reloads_done:?}, longer than wrk's limit of {WRK_LIMIT:?}");
+    let (report, output) = wrk.finish().await?;
     println!("wrk during five reloads (each {reload_times:?} from change to new worker):\n{output}");
     println!(
         "wrk totals: {} requests, {} req/s; socket errors: connect {}, read {}, write {}, timeout {}; non-2xx/3xx {}",
