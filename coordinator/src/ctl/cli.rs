@@ -149,6 +149,11 @@ pub enum ClusterCommand {
     },
     /// Lists clusters with their sizes.
     List,
+    /// A cluster's hosts, shards and nodes (each node's server id and admin state).
+    Show {
+        /// Defaults to the only cluster, if there is one.
+        name: Option<String>,
+    },
     /// Deletes a cluster that has no hosts, shards or bindings left.
     Delete { name: String },
     /// Changes the HAProxy container of the cluster's hosts (hosts with their own keep theirs).
@@ -247,8 +252,33 @@ pub enum NodeCommand {
         #[arg(long)]
         container: Option<String>,
     },
-    /// Removes a backend server.
-    Remove { name: String },
+    /// Removes a backend server, draining it first: sets it to drain (unless it is in drain or
+    /// maint already), waits until no LB host holds a session on it, then removes it. When
+    /// --timeout (seconds) passes first, the node is not removed and stays out of rotation.
+    Remove {
+        name: String,
+        /// Remove at once, without draining: requests in flight on it are cut.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Drains a node: it finishes the requests it has and takes no new ones. Applied by every LB
+    /// host of its cluster through HAProxy's runtime API, without a reload.
+    Drain {
+        name: String,
+        /// Return once every LB host holds it drained with no sessions left; fail after --timeout
+        /// seconds naming the hosts that still hold sessions, did not answer or hold another state.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Puts a node in maintenance: no new requests and no health checks.
+    Maint {
+        name: String,
+        /// Return once no LB host holds a session on it; fail after --timeout seconds naming those that do.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Puts a drained or maintained node back into rotation.
+    Ready { name: String },
     /// Changes the address HAProxy connects to for a node.
     Set {
         name: String,
