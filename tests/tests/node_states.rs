@@ -298,6 +298,15 @@ async fn drain_wait_returns_once_every_lb_host_holds_no_session() -> anyhow::Res
     assert_eq!(row("n0 ").expect("n0 listed")[4..6], ["1", "ready"], "{stdout}");
     assert_eq!(row("n1 ").expect("n1 listed")[4..6], ["2", "drain"], "{stdout}");
 
+    // With --json, the write and the wait are one document.
+    let output = lbfleet(&cluster, &["--json", "node", "drain", "n1", "--wait"]).await?;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).context("one JSON document")?;
+    assert_eq!(value["writes"][0]["message"], "node n1 was already drain", "{stdout}");
+    assert_eq!((value["drain"]["drained"].as_bool(), value["drain"]["end"].as_str()), (Some(true), Some("drained")));
+    assert_eq!(value["drain"]["hosts"].as_array().map(Vec::len), Some(2), "{stdout}");
+
     Ok(())
 }
 

@@ -134,6 +134,39 @@ pub fn not_drained(wait: &DrainWait, timeout: Duration) -> String {
     }
 }
 
+/// What a node command did, printed as it happens in text, and as one JSON document at the end.
+struct Steps {
+    json: bool,
+    writes: Vec<pb::WriteReply>,
+    drain: Option<DrainWait>,
+}
+
+impl Steps {
+    fn new(json: bool) -> Steps {
+        Steps { json, writes: Vec::new(), drain: None }
+    }
+
+    fn wrote(&mut self, reply: pb::WriteReply) {
+        if !self.json {
+            output::write_reply(false, &reply);
+        }
+        self.writes.push(reply);
+    }
+
+    fn waited(&mut self, wait: &DrainWait) {
+        if !self.json {
+            node_output::node_drain(wait);
+        }
+        self.drain = Some(wait.clone());
+    }
+
+    fn finish(self) {
+        if self.json {
+            node_output::node_steps(&self.writes, self.drain.as_ref());
+        }
+    }
+}
+
 /// `node drain|maint|ready NAME [--wait]`.
 pub async fn set_state(
     client: &Client,
@@ -144,12 +177,16 @@ pub async fn set_state(
     json: bool,
 ) -> anyhow::Result<()> {
     let kind = Kind::SetNodeState(pb::SetNodeState { name: node.clone(), state: state.into() });
-    output::write_reply(json, &client.write(kind).await?);
+    let reply = client.write(kind).await?;
     if !wait || state == pb::AdminState::AdminReady {
+        output::write_reply(json, &reply);
         return Ok(());
     }
+    let mut steps = Steps::new(json);
+    steps.wrote(reply);
     let waited = wait_drained(client, &node, timeout).await?;
-    node_output::node_drain(json, &waited);
+    steps.waited(&waited);
+    steps.finish();
     if waited.end != DrainEnd::Drained {
         anyhow::bail!("{}; wait longer with --timeout SECONDS", not_drained(&waited, timeout));
     }
@@ -172,6 +209,7 @@ pub async fn remove(
         return Ok(());
     }
     let current = client.node_sessions(&node, AGENTS_WITHIN).await?;
+    let mut steps = Steps::new(json);
     if pb::AdminState::try_from(current.desired) == Ok(pb::AdminState::AdminReady) {
         if conditional {
             anyhow::bail!(
@@ -181,19 +219,29 @@ pub async fn remove(
         }
         let drain =
             Kind::SetNodeState(pb::SetNodeState { name: node.clone(), state: pb::AdminState::AdminDrain.into() });
-        output::write_reply(json, &client.write(drain).await?);
+        steps.wrote(client.write(drain).await?);
     }
     let waited = wait_drained(client, &node, timeout).await?;
-    node_output::node_drain(json, &waited);
+    steps.waited(&waited);
     if waited.end != DrainEnd::Drained {
-        anyhow::bail!(
-            "node {node} not removed: {}; it stays out of rotation: wait longer with --timeout SECONDS, \
-             or remove it at once with --now",
-            not_drained(&waited, timeout)
-        );
+        steps.finish();
+        let advice = match waited.end {
+            DrainEnd::MadeReady => "drain it again, or remove it at once with --now",
+            _ => "it stays out of rotation: wait longer with --timeout SECONDS, or remove it at once with --now",
+        };
+        anyhow::bail!("node {node} not removed: {}; {advice}", not_drained(&waited, timeout));
     }
-    output::write_reply(json, &client.write(remove).await?);
-    Ok(())
+    match client.write(remove).await {
+        Ok(reply) => {
+            steps.wrote(reply);
+            steps.finish();
+            Ok(())
+        }
+        Err(error) => {
+            steps.finish();
+            Err(error.into())
+        }
+    }
 }
 
 #[cfg(test)]

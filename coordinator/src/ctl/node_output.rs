@@ -31,14 +31,23 @@ struct DrainJson<'a> {
     hosts: &'a [pb::HostSessions],
 }
 
-/// The end of a wait for a drain: one line when it drained; a wait that did not is reported by
-/// the caller's error, which names the hosts.
-pub fn node_drain(json: bool, wait: &DrainWait) {
-    let desired = admin_name(wait.last.desired);
-    if json {
-        return print_json(&DrainJson {
+/// `node drain|maint --wait --json` and `node remove --json`: the writes made, then the wait.
+#[derive(Serialize)]
+struct NodeStepsJson<'a> {
+    writes: &'a [pb::WriteReply],
+    drain: Option<DrainJson<'a>>,
+}
+
+/// What a node command that waits did, as one JSON document.
+pub fn node_steps(writes: &[pb::WriteReply], drain: Option<&DrainWait>) {
+    print_json(&NodeStepsJson { writes, drain: drain.map(DrainJson::new) });
+}
+
+impl<'a> DrainJson<'a> {
+    fn new(wait: &'a DrainWait) -> DrainJson<'a> {
+        DrainJson {
             node: &wait.node,
-            desired,
+            desired: admin_name(wait.last.desired),
             backend: &wait.last.backend,
             drained: wait.end == DrainEnd::Drained,
             end: match wait.end {
@@ -48,12 +57,16 @@ pub fn node_drain(json: bool, wait: &DrainWait) {
             },
             elapsed_ms: wait.elapsed.as_secs_f64() * 1000.0,
             hosts: &wait.last.hosts,
-        });
+        }
     }
-    if wait.end != DrainEnd::Drained {
-        return;
+}
+
+/// The end of a wait for a drain: one line when it drained; a wait that did not is reported by
+/// the caller's error, which names the hosts.
+pub fn node_drain(wait: &DrainWait) {
+    if wait.end == DrainEnd::Drained {
+        println!("{}", drained_line(wait));
     }
-    println!("{}", drained_line(wait));
 }
 
 /// "web-1-node-0 drained on all 2 LB hosts after 3.2 s".
@@ -215,6 +228,25 @@ mod tests {
             drained_line(&wait(pb::AdminState::AdminDrain, 0)),
             "web-1-node-0 drained: its cluster has no LB hosts"
         );
+    }
+
+    #[test]
+    fn a_wait_is_one_json_document_with_its_writes() {
+        let write = pb::WriteReply {
+            version: 7,
+            message: "set node web-1-node-0 to drain (was ready)".into(),
+            ..Default::default()
+        };
+        let mut waited = wait(pb::AdminState::AdminDrain, 1);
+        waited.end = DrainEnd::TimedOut;
+        let value =
+            serde_json::to_value(NodeStepsJson { writes: &[write], drain: Some(DrainJson::new(&waited)) }).unwrap();
+        assert_eq!(value["writes"][0]["version"], 7);
+        let drain = &value["drain"];
+        assert_eq!((drain["node"].as_str(), drain["desired"].as_str()), (Some("web-1-node-0"), Some("drain")));
+        assert_eq!((drain["drained"].as_bool(), drain["end"].as_str()), (Some(false), Some("timed_out")));
+        assert_eq!(drain["elapsed_ms"], 3240.0);
+        assert_eq!(drain["hosts"][0]["host"], "lb-0");
     }
 
     #[test]
