@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::import::ImportPlan;
 use super::import::ImportReport;
+use super::node_output;
 use super::snapshot::SnapshotReport;
 use crate::snapshot_file::SnapshotHeader;
 
@@ -54,7 +55,10 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
             .nodes
             .iter()
             .filter(|n| n.shard == shard.name)
-            .map(|n| format!("{} ({})", n.name, n.address))
+            .map(|n| match node_output::admin_name(n.admin) {
+                "ready" => format!("{} ({})", n.name, n.address),
+                admin => format!("{} ({}, {admin})", n.name, n.address),
+            })
             .collect();
         println!("  shard {:<16} backend {:<20} nodes {}", shard.name, shard.lb_backend, nodes.join(", "));
     }
