@@ -61,24 +61,31 @@ pub fn holdouts(reply: &pb::NodeSessionsReply, node: &str) -> Vec<String> {
                 host.host,
                 host.sessions,
                 if host.sessions == 1 { "" } else { "s" },
-                or_unknown(&host.admin),
-                or_unknown(&host.status)
+                or(&host.admin, "admin state unknown"),
+                or(&host.status, "status unknown")
             ),
-            (true, true) => format!("{} holds it in {} ({})", host.host, or_unknown(&host.admin), host.status),
+            (true, true) => format!(
+                "{} holds it in {} ({})",
+                host.host,
+                or(&host.admin, "an unknown admin state"),
+                or(&host.status, "status unknown")
+            ),
         })
         .collect()
 }
 
-fn or_unknown(value: &str) -> &str {
+/// `value`, or what to say when an agent left it empty.
+fn or<'a>(value: &'a str, unknown: &'a str) -> &'a str {
     if value.is_empty() {
-        "unknown admin state"
+        unknown
     } else {
         value
     }
 }
 
 /// Polls the node's LB hosts every [`POLL_INTERVAL`] until all hold it drained, the node is made
-/// ready again, or `timeout` passes. A coordinator that fails a poll is asked again while time is left.
+/// ready again, or `timeout` passes. A poll that fails for want of a leader or of time is
+/// repeated while time is left.
 pub async fn wait_drained(client: &Client, node: &str, timeout: Duration) -> Result<DrainWait, ClientError> {
     let started = Instant::now();
     let deadline = started + timeout;
@@ -275,6 +282,7 @@ mod tests {
                 host("lb-d", true, true, "ready", 0),
                 host("lb-e", true, false, "", 0),
                 host("lb-f", true, true, "maint", 1),
+                pb::HostSessions { host: "lb-g".into(), answered: true, found: true, ..Default::default() },
             ],
         };
         assert_eq!(
@@ -285,6 +293,7 @@ mod tests {
                 "lb-d holds it in ready (UP)",
                 "lb-e has no server n0 in shard-web-1",
                 "lb-f holds 1 session (maint, DRAIN)",
+                "lb-g holds it in an unknown admin state (status unknown)",
             ]
         );
     }
