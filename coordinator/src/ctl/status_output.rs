@@ -151,6 +151,7 @@ fn servers_not_ready(agents: &[pb::AgentStatus]) {
         return;
     }
     println!();
+    println!("servers not ready (drained, in maintenance or not UP):");
     println!("{:<16} {:<20} {:<20} {:<6} {:<10} {:>8}", "HOST", "BACKEND", "SERVER", "ADMIN", "STATUS", "SESSIONS");
     for (host, server) in rows.iter().take(SERVERS_SHOWN) {
         println!(
