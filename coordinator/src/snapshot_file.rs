@@ -30,7 +30,7 @@ use crate::state::State;
 pub const MAGIC: &[u8; 8] = b"LBFLSNAP";
 /// The layout and payload encoding written and read. A change to how `State` encodes (a new
 /// field, say) is a new format: an older file would not decode.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest header accepted: a header holds a few counts and the member list.
 pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// Magic, format version, header length and payload length.
@@ -365,6 +365,7 @@ mod tests {
 
     use super::*;
     use crate::state::revocations::RevocationTarget;
+    use crate::state::AdminState;
     use crate::state::Command;
 
     fn state() -> State {
@@ -389,6 +390,8 @@ mod tests {
         for command in commands {
             state.apply(&command).expect("topology");
         }
+        // A drained node must come back drained, with its server id.
+        state.apply(&Command::SetNodeState { name: "web-1-a".into(), state: AdminState::Drain }).expect("drain");
         for i in 0..20 {
             let fqdn = Fqdn::parse(&format!("site-{i}.example.com")).unwrap();
             state.apply(&Command::Bind { fqdn, shard: "web-1".into(), cluster: None }).expect("bind");
@@ -428,6 +431,8 @@ mod tests {
         let bytes = file();
         let snapshot = decode(&bytes).unwrap();
         assert_eq!(snapshot.state, state());
+        let node = &snapshot.state.nodes["web-1-a"];
+        assert_eq!((node.server_id, node.admin), (1, AdminState::Drain));
         let header = snapshot.header;
         assert_eq!((header.node_id, header.version, header.term), (2, 41, 3));
         assert_eq!(header.counts, Counts { clusters: 1, hosts: 1, shards: 1, nodes: 1, bindings: 20, revocations: 1 });
@@ -508,8 +513,9 @@ mod tests {
         assert!(matches!(error, SnapshotFileError::TooLong { .. }), "{error}");
         let error = decode(b"node_id = 1\nlisten = \"0.0.0.0:7400\"\n").unwrap_err();
         assert_eq!(error.to_string(), "not an lbfleet snapshot file (it does not start with \"LBFLSNAP\")");
-        let error = decode(&assemble(2, b"{}", b"")).unwrap_err();
-        assert!(error.to_string().starts_with("snapshot format 2 is not readable by lbfleet"), "{error}");
+        // Format 1 held nodes without server ids and admin states.
+        let error = decode(&assemble(1, b"{}", b"")).unwrap_err();
+        assert!(error.to_string().starts_with("snapshot format 1 is not readable by lbfleet"), "{error}");
         let mut huge = assemble(FORMAT_VERSION, b"{}", b"");
         huge[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
         assert!(matches!(decode(&huge).unwrap_err(), SnapshotFileError::BadLengths { .. }));

@@ -133,6 +133,15 @@ async fn full_state_then_deltas_acks_and_wait() -> anyhow::Result<()> {
     let (done, hosts) = wait(&client, reply.version, 5_000).await?;
     assert!(done, "{hosts:?}");
 
+    // An admin state reaches the agent in the topology of a delta, with the server's fixed id.
+    let drain = pb::SetNodeState { name: "n0".into(), state: pb::AdminState::AdminDrain.into() };
+    client.write(Kind::SetNodeState(drain)).await?;
+    let CoordinatorKind::Delta(delta) = agent_a.next_update().await else { panic!("a delta") };
+    let topology = delta.topology.expect("an admin state changes the topology");
+    let server = &topology.backends[0].servers[0];
+    assert_eq!((server.name.as_str(), server.id, server.admin), ("n0", 1, pb::AdminState::AdminDrain.into()));
+    assert!(delta.upserts.is_empty() && delta.removals.is_empty());
+
     // A node change reaches the agent as a topology update.
     client.write(Kind::RemoveNode(pb::RemoveNode { name: "n0".into() })).await?;
     let CoordinatorKind::Delta(delta) = agent_a.next_update().await else { panic!("a delta") };

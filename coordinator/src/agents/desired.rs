@@ -28,7 +28,8 @@ pub fn topology(state: &State, host: &Host) -> pb::AgentTopology {
                 .map(|node| pb::ServerSpec {
                     name: node.name.clone(),
                     address: node.address.clone(),
-                    ..Default::default()
+                    id: node.server_id,
+                    admin: pb::AdminState::from(node.admin).into(),
                 })
                 .collect(),
         })
@@ -80,6 +81,7 @@ mod tests {
     use lbfleet_proto::Fqdn;
 
     use super::*;
+    use crate::state::AdminState;
     use crate::state::Command;
 
     fn applied() -> Applied {
@@ -95,6 +97,14 @@ mod tests {
                 address: "n0:80".into(),
                 container: None,
             },
+            Command::AddNode {
+                name: "web-1".into(),
+                shard: "web".into(),
+                host: "h".into(),
+                address: "n1:80".into(),
+                container: None,
+            },
+            Command::SetNodeState { name: "web-0".into(), state: AdminState::Drain },
             Command::Bind { fqdn: Fqdn::parse("a.com").unwrap(), shard: "web".into(), cluster: None },
             Command::Bind { fqdn: Fqdn::parse("b.com").unwrap(), shard: "web".into(), cluster: None },
             Command::Unbind { fqdn: Fqdn::parse("a.com").unwrap(), cluster: None },
@@ -112,22 +122,29 @@ mod tests {
     fn full_state_carries_map_and_backends() {
         let applied = applied();
         let full = full_state(&applied, &applied.state.hosts["h"]);
-        assert_eq!(full.version, 7);
+        assert_eq!(full.version, 9);
         assert_eq!(full.map, vec![pb::MapEntry { fqdn: "b.com".into(), backend: "shard-web".into() }]);
         let topology = full.topology.unwrap();
         assert_eq!(topology.container, "lb");
         assert_eq!(topology.backends[0].name, "shard-web");
         assert_eq!(topology.backends[0].servers[0].address, "n0:80");
+        let servers: Vec<(&str, u32, i32)> =
+            topology.backends[0].servers.iter().map(|s| (s.name.as_str(), s.id, s.admin)).collect();
+        let (drain, ready) = (pb::AdminState::AdminDrain as i32, pb::AdminState::AdminReady as i32);
+        assert_eq!(servers, [("web-0", 1, drain), ("web-1", 2, ready)]);
     }
 
     #[test]
     fn delta_is_the_net_change() {
         let applied = applied();
         let host = &applied.state.hosts["h"];
-        let delta = delta(&applied, host, 4).unwrap();
+        let delta = delta(&applied, host, 6).unwrap();
         assert_eq!(delta.upserts, vec![pb::MapEntry { fqdn: "b.com".into(), backend: "shard-web".into() }]);
         assert_eq!(delta.removals, vec!["a.com".to_string()]);
         assert!(delta.topology.is_none());
         assert!(super::delta(&applied, host, 3).unwrap().topology.is_some());
+        // The drain at version 6 reaches an agent at 5 as a new topology.
+        let drained = super::delta(&applied, host, 5).unwrap().topology.expect("the drain changed the topology");
+        assert_eq!(drained.backends[0].servers[0].admin, pb::AdminState::AdminDrain as i32);
     }
 }

@@ -211,11 +211,15 @@ impl AgentRegistry {
     }
 
     /// Asks a connected agent for a fresh report; `None` if it is not connected or does not answer in time.
+    /// The whole ask is bounded: a session too busy to take the question counts as no answer.
     pub async fn ask_report(&self, host: &str, include_map: bool, timeout: Duration) -> Option<pb::AgentReport> {
         let asks = self.agents().get(host).and_then(|e| e.asks.clone())?;
         let (reply, answer) = oneshot::channel();
-        asks.send(ReportAsk { include_map, reply }).await.ok()?;
-        tokio::time::timeout(timeout, answer).await.ok()?.ok()
+        let ask = async move {
+            asks.send(ReportAsk { include_map, reply }).await.ok()?;
+            answer.await.ok()
+        };
+        tokio::time::timeout(timeout, ask).await.ok()?
     }
 }
 
@@ -242,6 +246,19 @@ mod tests {
         registry.ack(&b, 6);
         let (done, _) = waiter.await.unwrap();
         assert!(done);
+    }
+
+    #[tokio::test]
+    async fn an_ask_no_session_takes_ends_at_its_timeout() {
+        let registry = AgentRegistry::new(1);
+        // A session that never reads its asks: the first fills the queue, the second cannot be queued.
+        let (tx, _rx) = mpsc::channel(1);
+        registry.connect("a", "c", tx);
+        let started = Instant::now();
+        assert!(registry.ask_report("a", false, Duration::from_millis(50)).await.is_none());
+        assert!(registry.ask_report("a", false, Duration::from_millis(50)).await.is_none());
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(registry.ask_report("unknown", false, Duration::from_secs(5)).await.is_none());
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use super::forward::Forwarder;
 use super::forward::DEFAULT_FORWARD_DEADLINE;
 use super::group_commit::GroupCommit;
 use super::lb_state;
+use super::node_sessions;
 use super::snapshot;
 use crate::agents::registry::AgentRegistry;
 use crate::raft::state_machine::SharedState;
@@ -235,11 +236,23 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(snapshot::stream(file)))
     }
 
+    /// Served by the leader, which holds the agents' streams.
     async fn node_sessions(
         &self,
-        _request: Request<pb::NodeSessionsRequest>,
+        request: Request<pb::NodeSessionsRequest>,
     ) -> Result<Response<pb::NodeSessionsReply>, Status> {
-        Err(Status::unimplemented("node sessions are not supported yet"))
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(leader) = self.route(&request)? {
+            return self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.node_sessions(r).await })
+                .await;
+        }
+        self.linearizable().await?;
+        let request = request.into_inner();
+        let target = node_sessions::NodeTarget::of(&self.shared.read(), &request.node)?;
+        let timeout = node_sessions::agent_timeout(request.timeout_ms);
+        Ok(Response::new(node_sessions::ask_hosts(&self.agents, &target, timeout).await))
     }
 }
 

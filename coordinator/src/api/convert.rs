@@ -12,6 +12,7 @@ use crate::raft::state_machine::Applied;
 use crate::state::names;
 use crate::state::revocations::RevocationTarget;
 use crate::state::revocations::Revocations;
+use crate::state::AdminState;
 use crate::state::BatchSummary;
 use crate::state::Cluster;
 use crate::state::Command;
@@ -31,7 +32,7 @@ pub fn command_from_pb(command: Option<pb::Command>) -> Result<Command, Status> 
             address: h.address,
             haproxy_container: non_empty(h.haproxy_container),
         },
-        PbKind::SetNodeState(_) => return Err(Status::unimplemented("node admin states are not supported yet")),
+        PbKind::SetNodeState(n) => Command::SetNodeState { name: n.name, state: admin_state(n.state)? },
         PbKind::CreateShard(s) => Command::CreateShard { name: s.name, cluster: s.cluster },
         PbKind::AddNode(n) => Command::AddNode {
             name: n.name,
@@ -106,6 +107,13 @@ fn revocation_target(host: String, serial: String) -> Result<RevocationTarget, S
 /// Seconds since 1970, recorded in a revocation's log entry.
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
+}
+
+/// A wire admin state; a number this build does not know is refused, not read as "ready".
+fn admin_state(value: i32) -> Result<AdminState, Status> {
+    pb::AdminState::try_from(value).map(AdminState::from).map_err(|_| {
+        Status::invalid_argument(format!("unknown node admin state {value}: expected ready, drain or maint"))
+    })
 }
 
 fn fqdn(input: &str) -> Result<Fqdn, Status> {
@@ -185,7 +193,8 @@ pub fn cluster_view(applied: &Applied, cluster: &Cluster, host_filter: Option<&s
             host: n.host.clone(),
             address: n.address.clone(),
             container: n.container.clone().unwrap_or_default(),
-            ..Default::default()
+            admin: pb::AdminState::from(n.admin).into(),
+            server_id: n.server_id,
         })
         .collect();
     let bindings = cluster

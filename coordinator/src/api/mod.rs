@@ -5,4 +5,5 @@ pub mod convert;
 pub mod forward;
 pub mod group_commit;
 pub mod lb_state;
+pub mod node_sessions;
 pub mod snapshot;

@@ -25,7 +25,8 @@ pub struct GlobalArgs {
     /// reported it); a write against another version is refused with the current one.
     #[arg(long, value_name = "N", global = true)]
     pub if_version: Option<u64>,
-    /// Seconds to wait for an answer.
+    /// Seconds to wait for an answer; also the longest a --wait waits (bind, unbind, node drain
+    /// and maint, and the drain before node remove).
     #[arg(long, env = "LBFLEET_TIMEOUT", default_value_t = 10.0, global = true)]
     pub timeout: f64,
 }
@@ -47,7 +48,7 @@ pub enum Command {
     /// Creates shards (the LB backend becomes shard-NAME).
     #[command(subcommand)]
     Shard(ShardCommand),
-    /// Adds or removes backend nodes.
+    /// Adds, drains and removes backend nodes.
     #[command(subcommand)]
     Node(NodeCommand),
     /// Binds an FQDN to a shard (moving it if it is bound elsewhere).
@@ -149,6 +150,11 @@ pub enum ClusterCommand {
     },
     /// Lists clusters with their sizes.
     List,
+    /// A cluster's hosts, shards and nodes (each node's server id and admin state).
+    Show {
+        /// Defaults to the only cluster, if there is one.
+        name: Option<String>,
+    },
     /// Deletes a cluster that has no hosts, shards or bindings left.
     Delete { name: String },
     /// Changes the HAProxy container of the cluster's hosts (hosts with their own keep theirs).
@@ -247,8 +253,36 @@ pub enum NodeCommand {
         #[arg(long)]
         container: Option<String>,
     },
-    /// Removes a backend server.
-    Remove { name: String },
+    /// Removes a backend server, draining it first (--now skips the drain).
+    ///
+    /// Sets the node to drain (unless it is in drain or maint already), waits until every LB
+    /// host holds it with no sessions, then removes it. When --timeout (seconds) passes first,
+    /// the node is not removed and stays out of rotation.
+    Remove {
+        name: String,
+        /// Remove at once, without draining: requests in flight on it are cut.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Drains a node: it finishes the requests it has and takes no new ones.
+    ///
+    /// Every LB host of its cluster applies it through HAProxy's runtime API, without a reload.
+    Drain {
+        name: String,
+        /// Return once every LB host holds it drained with no sessions left; fail after --timeout
+        /// seconds naming the hosts that still hold sessions, did not answer or hold another state.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Puts a node in maintenance: no new requests and no health checks.
+    Maint {
+        name: String,
+        /// Return once no LB host holds a session on it; fail after --timeout seconds naming those that do.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Puts a drained or maintained node back into rotation.
+    Ready { name: String },
     /// Changes the address HAProxy connects to for a node.
     Set {
         name: String,

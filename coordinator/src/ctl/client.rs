@@ -271,7 +271,11 @@ impl Client {
     /// and, for binds, when the node failed under it: a bind sent twice is a bind ("already
     /// bound"), so a leader that died or froze mid-write costs a retry, not an error.
     pub async fn write(&self, kind: pb::command::Kind) -> Result<pb::WriteReply, ClientError> {
-        let resend_when_unsure = matches!(kind, pb::command::Kind::Bind(_) | pb::command::Kind::BindBatch(_));
+        // Setting an admin state twice leaves it set, as a bind sent twice is a bind.
+        let resend_when_unsure = matches!(
+            kind,
+            pb::command::Kind::Bind(_) | pb::command::Kind::BindBatch(_) | pb::command::Kind::SetNodeState(_)
+        );
         // A bulk batch may take long to commit; anything else answers in milliseconds unless its node failed.
         let attempt_cap = match kind {
             pb::command::Kind::BindBatch(_) => self.timeout,
@@ -346,6 +350,19 @@ impl Client {
     pub async fn lb_state(&self, cluster: &str, host: Option<&str>) -> Result<pb::LbStateReply, ClientError> {
         let request = pb::LbStateRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };
         Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.lb_state(r).await }).await?)
+    }
+
+    /// A node's server on every LB host of its cluster, from a fresh report of each agent;
+    /// the agents get `agents_within` to answer.
+    pub async fn node_sessions(
+        &self,
+        node: &str,
+        agents_within: Duration,
+    ) -> Result<pb::NodeSessionsReply, ClientError> {
+        let request = pb::NodeSessionsRequest { node: node.to_string(), timeout_ms: agents_within.as_millis() as u64 };
+        // The node answers once its agents did or their time ran out; the margin covers the way back.
+        let deadline = agents_within + Duration::from_secs(2);
+        Ok(self.call(request, deadline, |mut admin, r| async move { admin.node_sessions(r).await }).await?)
     }
 
     /// Adds or removes a Raft member.

@@ -21,9 +21,12 @@ use super::cli::ShardCommand;
 use super::cli::SnapshotCommand;
 use super::client::Client;
 use super::client::ClientError;
+use super::drain;
 use super::import;
+use super::node_output;
 use super::output;
 use super::snapshot;
+use super::status_output;
 
 /// Where the CLI looks for certificates when no directory is given.
 pub const DEFAULT_TLS_DIR: &str = ".lbfleet/tls";
@@ -50,6 +53,13 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             output::write_reply(json, &client.write(kind).await?);
         }
         Command::Cluster(ClusterCommand::List) => output::cluster_list(json, &client.clusters().await?),
+        Command::Cluster(ClusterCommand::Show { name }) => {
+            let name = match name {
+                Some(name) => name,
+                None => only_cluster(&client).await?,
+            };
+            node_output::cluster_show(json, &client.cluster(&name, None).await?);
+        }
         Command::Cluster(ClusterCommand::Delete { name }) => {
             output::write_reply(json, &client.write(Kind::DeleteCluster(pb::DeleteCluster { name })).await?);
         }
@@ -99,8 +109,17 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 Kind::AddNode(pb::AddNode { name, shard, host, address, container: container.unwrap_or_default() });
             output::write_reply(json, &client.write(kind).await?);
         }
-        Command::Node(NodeCommand::Remove { name }) => {
-            output::write_reply(json, &client.write(Kind::RemoveNode(pb::RemoveNode { name })).await?);
+        Command::Node(NodeCommand::Remove { name, now }) => {
+            drain::remove(&client, name, now, global.if_version.is_some(), timeout, json).await?;
+        }
+        Command::Node(NodeCommand::Drain { name, wait }) => {
+            drain::set_state(&client, name, pb::AdminState::AdminDrain, wait, timeout, json).await?;
+        }
+        Command::Node(NodeCommand::Maint { name, wait }) => {
+            drain::set_state(&client, name, pb::AdminState::AdminMaint, wait, timeout, json).await?;
+        }
+        Command::Node(NodeCommand::Ready { name }) => {
+            drain::set_state(&client, name, pb::AdminState::AdminReady, false, timeout, json).await?;
         }
         Command::Bind { fqdn, shard, cluster, wait } => {
             let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
@@ -135,7 +154,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Status => {
             let status = client.status().await?;
-            output::status(json, &status, &status_of_members(&client, &status, &global.endpoints, timeout).await)
+            status_output::status(json, &status, &status_of_members(&client, &status, &global.endpoints, timeout).await)
         }
         Command::Members { change: None } => output::members(json, &client.status().await?),
         Command::Members { change: Some(MembersCommand::Add { member }) } => {
@@ -183,7 +202,7 @@ async fn write_and_wait(client: &Client, kind: Kind, wait: bool, timeout: Durati
     Ok(())
 }
 
-/// The cluster `lb show` means when none is named: the only one there is.
+/// The cluster `lb show` and `cluster show` mean when none is named: the only one there is.
 async fn only_cluster(client: &Client) -> anyhow::Result<String> {
     let list = client.clusters().await?;
     match list.clusters.as_slice() {

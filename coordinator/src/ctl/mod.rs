@@ -3,6 +3,9 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod drain;
 pub mod import;
+pub mod node_output;
 pub mod output;
 pub mod snapshot;
+pub mod status_output;

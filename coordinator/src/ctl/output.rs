@@ -6,14 +6,14 @@ use lbfleet_proto::names;
 use lbfleet_proto::pb;
 use serde::Serialize;
 
-use super::client::ClientError;
 use super::import::ImportPlan;
 use super::import::ImportReport;
+use super::node_output;
 use super::snapshot::SnapshotReport;
 use crate::snapshot_file::SnapshotHeader;
-use crate::state::revocations::unix_time;
 
-fn print_json(value: &impl Serialize) {
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl Serialize) {
     // Only maps with non-string keys fail to serialize, and nothing printed here has one.
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
@@ -55,7 +55,10 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
             .nodes
             .iter()
             .filter(|n| n.shard == shard.name)
-            .map(|n| format!("{} ({})", n.name, n.address))
+            .map(|n| match node_output::admin_name(n.admin) {
+                "ready" => format!("{} ({})", n.name, n.address),
+                admin => format!("{} ({}, {admin})", n.name, n.address),
+            })
             .collect();
         println!("  shard {:<16} backend {:<20} nodes {}", shard.name, shard.lb_backend, nodes.join(", "));
     }
@@ -200,163 +203,6 @@ pub fn laggards(progress: &pb::WaitAppliedReply, version: u64) -> String {
         })
         .collect();
     format!("lagging hosts: {}", lagging.join(", "))
-}
-
-/// `status --json`: the answering node's view of the leader, each member's own Raft view, and the agents.
-#[derive(Serialize)]
-struct StatusJson<'a> {
-    leader: Option<u64>,
-    leader_address: &'a str,
-    term: u64,
-    nodes: Vec<NodeJson<'a>>,
-    agents: &'a [pb::AgentStatus],
-    revocations: &'a [pb::Revocation],
-}
-
-/// One member as it answered for itself, or why it did not.
-#[derive(Serialize)]
-struct NodeJson<'a> {
-    id: u64,
-    reachable: bool,
-    #[serde(flatten)]
-    view: NodeView<'a>,
-}
-
-/// The Raft figures of a member that answered, or the error of one that did not.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum NodeView<'a> {
-    Reachable { state: &'a str, term: u64, last_log_index: u64, committed_index: u64, applied_index: u64 },
-    Unreachable { error: String },
-}
-
-/// `status`: this node's Raft view, and each member's own.
-pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::StatusReply, ClientError>)]) {
-    if json {
-        let nodes = members
-            .iter()
-            .map(|(id, view)| match view {
-                Ok(s) => NodeJson {
-                    id: *id,
-                    reachable: true,
-                    view: NodeView::Reachable {
-                        state: &s.state,
-                        term: s.term,
-                        last_log_index: s.last_log_index,
-                        committed_index: s.committed_index,
-                        applied_index: s.applied_index,
-                    },
-                },
-                Err(error) => {
-                    NodeJson { id: *id, reachable: false, view: NodeView::Unreachable { error: error.to_string() } }
-                }
-            })
-            .collect();
-        return print_json(&StatusJson {
-            leader: status.has_leader.then_some(status.current_leader),
-            leader_address: &status.leader_address,
-            term: status.term,
-            nodes,
-            agents: &status.agents,
-            revocations: &status.revocations,
-        });
-    }
-    match status.has_leader {
-        true => println!("leader: node {} at {} (term {})", status.current_leader, status.leader_address, status.term),
-        false => println!("leader: none (term {})", status.term),
-    }
-    println!(
-        "{:<6} {:<22} {:<10} {:>6} {:>10} {:>10} {:>10}",
-        "NODE", "ADDRESS", "STATE", "TERM", "LAST LOG", "COMMITTED", "APPLIED"
-    );
-    for member in &status.members {
-        let view = members.iter().find(|(id, _)| *id == member.id).map(|(_, v)| v);
-        match view {
-            Some(Ok(s)) => println!(
-                "{:<6} {:<22} {:<10} {:>6} {:>10} {:>10} {:>10}",
-                member.id, member.address, s.state, s.term, s.last_log_index, s.committed_index, s.applied_index
-            ),
-            Some(Err(error)) => println!("{:<6} {:<22} unreachable: {error}", member.id, member.address),
-            None => println!("{:<6} {:<22} (not asked)", member.id, member.address),
-        }
-    }
-    agents(&status.agents);
-    revocations(&status.revocations);
-}
-
-/// The revoked hosts and serials, if any.
-fn revocations(revocations: &[pb::Revocation]) {
-    if revocations.is_empty() {
-        return;
-    }
-    println!();
-    for revocation in revocations {
-        let what = match revocation.host.is_empty() {
-            false => format!("host {}", revocation.host),
-            true => format!("certificate serial {}", revocation.serial),
-        };
-        println!("revoked: {what} since {}", unix_time(revocation.revoked_at));
-    }
-}
-
-/// One line per agent: connection, version and lag, drift, backend health.
-fn agents(agents: &[pb::AgentStatus]) {
-    println!();
-    if agents.is_empty() {
-        println!("agents: none connected to the leader yet");
-        return;
-    }
-    println!(
-        "{:<16} {:<12} {:<13} {:>8} {:>5} {:>9} {:<14} DRIFT / ERRORS",
-        "AGENT", "CLUSTER", "STATE", "VERSION", "LAG", "ENTRIES", "HEALTH"
-    );
-    for agent in agents {
-        let state = if agent.connected { "connected" } else { "disconnected" };
-        let report = agent.report.as_ref();
-        let entries = report.map(|r| r.map_entries.to_string()).unwrap_or_else(|| "-".into());
-        let health = report
-            .map(|r| {
-                let up = r.servers.iter().filter(|s| s.status.starts_with("UP")).count();
-                format!("{up}/{} up", r.servers.len())
-            })
-            .unwrap_or_else(|| "-".into());
-        let mut notes = Vec::new();
-        if let Some(drift) = report.and_then(|r| r.last_drift.as_ref()) {
-            notes.push(format!(
-                "last drift: {} missing, {} wrong, {} extra, {} duplicate{}",
-                drift.missing,
-                drift.wrong,
-                drift.extra,
-                drift.duplicates,
-                if drift.repaired { " (repaired)" } else { "" }
-            ));
-        }
-        if let Some(r) = report {
-            if !r.docker_reachable {
-                notes.push("docker unreachable".into());
-            }
-            if r.container.as_ref().is_some_and(|c| !c.running) {
-                notes.push("haproxy container not running".into());
-            }
-            if !r.error.is_empty() {
-                notes.push(format!("error: {}", r.error));
-            }
-        }
-        if !agent.nack_error.is_empty() {
-            notes.push(format!("rejected version {}: {}", agent.nacked_version, agent.nack_error));
-        }
-        println!(
-            "{:<16} {:<12} {:<13} {:>8} {:>5} {:>9} {:<14} {}",
-            agent.host,
-            agent.cluster,
-            state,
-            agent.acked_version,
-            agent.lag,
-            entries,
-            health,
-            notes.join("; ")
-        );
-    }
 }
 
 /// `members --json`.
@@ -633,20 +479,6 @@ mod tests {
         let difference = &value["hosts"][0]["differences"][0];
         assert_eq!(*difference, json!({"fqdn": "example.com", "desired_backend": "shard-web", "actual_backend": ""}));
         assert_eq!(value["hosts"][0]["agent"]["report"]["map_digest"], "00000000000000ab");
-    }
-
-    #[test]
-    fn unreachable_members_carry_their_error_only() {
-        let node = NodeJson { id: 2, reachable: false, view: NodeView::Unreachable { error: "refused".into() } };
-        assert_eq!(serde_json::to_value(node).unwrap(), json!({"id": 2, "reachable": false, "error": "refused"}));
-        let view =
-            NodeView::Reachable { state: "Leader", term: 4, last_log_index: 9, committed_index: 9, applied_index: 8 };
-        let node = NodeJson { id: 1, reachable: true, view };
-        assert_eq!(
-            serde_json::to_value(node).unwrap(),
-            json!({"id": 1, "reachable": true, "state": "Leader", "term": 4, "last_log_index": 9,
-                   "committed_index": 9, "applied_index": 8})
-        );
     }
 
     #[test]

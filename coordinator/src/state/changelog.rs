@@ -103,9 +103,12 @@ impl ChangeLog {
                 }
                 self.topology_changed(version, cluster);
             }
+            // An admin state travels in the topology; re-asserting an unchanged one costs the agent
+            // nothing (its rendered config is the same) and repairs a server changed behind its back.
             (_, Response::NodeAdded { shard, .. })
             | (_, Response::NodeRemoved { shard, .. })
-            | (_, Response::NodeChanged { shard, .. }) => {
+            | (_, Response::NodeChanged { shard, .. })
+            | (_, Response::NodeStateSet { shard, .. }) => {
                 if let Some(shard) = state.shards.get(shard) {
                     self.topology_changed(version, &shard.cluster.clone());
                 }
@@ -202,6 +205,32 @@ mod tests {
         assert!(delta.topology_changed, "the deleted backend must leave haproxy.cfg");
         // A refused edit records nothing.
         assert_eq!(log.since("c", 5).unwrap(), ClusterDelta::default());
+    }
+
+    #[test]
+    fn an_admin_state_change_reaches_the_nodes_cluster_as_topology() {
+        let mut log = ChangeLog::default();
+        let mut commands = setup();
+        commands.push(Command::CreateCluster { name: "other".into(), haproxy_container: None });
+        commands.push(Command::AddHost {
+            id: "h".into(),
+            cluster: "c".into(),
+            address: "h".into(),
+            haproxy_container: None,
+        });
+        commands.push(Command::AddNode {
+            name: "n".into(),
+            shard: "s1".into(),
+            host: "h".into(),
+            address: "n:80".into(),
+            container: None,
+        });
+        commands.push(Command::SetNodeState { name: "n".into(), state: crate::state::AdminState::Drain });
+        commands.push(Command::SetNodeState { name: "missing".into(), state: crate::state::AdminState::Drain });
+        state_with(&commands, &mut log);
+        assert!(log.since("c", 6).unwrap().topology_changed, "the drain must reach the agents");
+        assert!(!log.since("other", 6).unwrap().topology_changed, "another cluster's agents have nothing to do");
+        assert!(!log.since("c", 7).unwrap().topology_changed, "a refused change records nothing");
     }
 
     #[test]

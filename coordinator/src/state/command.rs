@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::revocations::unix_time;
 use super::revocations::RevocationTarget;
+use super::AdminState;
 
 /// One entry of the Raft log's application payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +48,8 @@ pub enum Command {
     SetHost { id: String, haproxy_container: Option<String> },
     /// Changes a node's address.
     SetNode { name: String, address: String },
+    /// Drains a node, puts it in maintenance, or makes it ready again.
+    SetNodeState { name: String, state: AdminState },
     /// `command`, applied only to the state at version `if_version` (optimistic concurrency:
     /// the caller computed it from that version).
     Conditional { if_version: u64, command: Box<Command> },
@@ -123,6 +126,13 @@ pub enum Response {
     NodeChanged {
         name: String,
         shard: String,
+    },
+    /// A node's admin state is now `state` (it was `previous`).
+    NodeStateSet {
+        name: String,
+        shard: String,
+        state: AdminState,
+        previous: AdminState,
     },
 }
 
@@ -233,6 +243,12 @@ impl fmt::Display for Response {
             Response::ClusterChanged { name } => write!(f, "changed cluster {name}"),
             Response::HostChanged { id, .. } => write!(f, "changed host {id}"),
             Response::NodeChanged { name, .. } => write!(f, "changed node {name}"),
+            Response::NodeStateSet { name, state, previous, .. } if state == previous => {
+                write!(f, "node {name} was already {state}")
+            }
+            Response::NodeStateSet { name, state, previous, .. } => {
+                write!(f, "set node {name} to {state} (was {previous})")
+            }
         }
     }
 }

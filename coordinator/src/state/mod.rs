@@ -4,6 +4,7 @@ pub mod changelog;
 mod command;
 mod edits;
 pub mod names;
+mod node_admin;
 pub mod revocations;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ pub use command::ObjectKind;
 pub use command::Response;
 pub use command::StateError;
 use lbfleet_proto::Fqdn;
+pub use node_admin::AdminState;
 use revocations::RevocationTarget;
 use revocations::Revocations;
 use serde::Deserialize;
@@ -75,6 +77,9 @@ pub struct BackendNode {
     pub host: String,
     pub address: String,
     pub container: Option<String>,
+    /// HAProxy's `id` for the server, fixed when the node is added (see `next_server_id`).
+    pub server_id: u32,
+    pub admin: AdminState,
 }
 
 impl State {
@@ -120,6 +125,7 @@ impl State {
             Command::SetCluster { name, haproxy_container } => self.set_cluster(name, haproxy_container),
             Command::SetHost { id, haproxy_container } => self.set_host(id, haproxy_container),
             Command::SetNode { name, address } => self.set_node(name, address),
+            Command::SetNodeState { name, state } => self.set_node_state(name, *state),
         }
     }
 
@@ -232,6 +238,8 @@ impl State {
             host: host.to_string(),
             address: address.to_string(),
             container: container.clone(),
+            server_id: self.next_server_id(shard),
+            admin: AdminState::Ready,
         };
         self.nodes.insert(name.to_string(), node);
         Ok(Response::NodeAdded { name: name.to_string(), shard: shard.to_string() })
