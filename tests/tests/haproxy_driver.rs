@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use futures::StreamExt;
+use lbfleet_agent::desired::AdminState;
 use lbfleet_agent::desired::Backend;
 use lbfleet_agent::desired::MapEntries;
 use lbfleet_agent::desired::Server;
@@ -244,7 +245,7 @@ async fn apply_config_routes_to_a_node_and_refuses_an_invalid_config() {
     let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
 
     let backend = |servers: Vec<Server>| Backend { name: "shard-web-1".into(), servers };
-    let server = |address: String| Server { name: "web-1-node-0".into(), address };
+    let server = |address: String| Server { name: "web-1-node-0".into(), address, id: 1, admin: AdminState::Ready };
     let topology = Topology { map_path: MAP_PATH.into(), backends: vec![backend(vec![server(format!("{node}:80"))])] };
     let map: MapEntries = [("site.example.com".to_owned(), "shard-web-1".to_owned())].into();
     haproxy.write_map_file(&map).await.expect("map file");
@@ -404,7 +405,12 @@ async fn exec_fallback_without_shared_directories() {
         map_path: MAP_PATH.into(),
         backends: vec![Backend {
             name: "shard-web-1".into(),
-            servers: vec![Server { name: "web-1-node-0".into(), address: format!("{node}:80") }],
+            servers: vec![Server {
+                name: "web-1-node-0".into(),
+                address: format!("{node}:80"),
+                id: 1,
+                admin: AdminState::Ready,
+            }],
         }],
     };
     let started = Instant::now();
