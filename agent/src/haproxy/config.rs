@@ -268,8 +268,8 @@ impl Haproxy {
         }
     }
 
-    /// PID of the worker answering the admin socket (`show info`).
-    async fn worker_pid(&self) -> Result<u32, HaproxyError> {
+    /// PID of the worker answering the admin socket (`show info`); a reload changes it.
+    pub async fn worker_pid(&self) -> Result<u32, HaproxyError> {
         let info = self.run_command(&[("verb", "show"), ("verb", "info")]).await?;
         info.lines()
             .find_map(|line| line.strip_prefix("Pid:"))
