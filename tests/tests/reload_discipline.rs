@@ -9,6 +9,7 @@ use lbfleet_agent::applier::Applier;
 use lbfleet_agent::config::AgentConfig;
 use lbfleet_agent::desired::AdminState;
 use lbfleet_agent::desired::Backend;
+use lbfleet_agent::desired::MapEntries;
 use lbfleet_agent::desired::Server;
 use lbfleet_agent::desired::Topology;
 use lbfleet_agent::docker::DockerHost;
@@ -327,4 +328,73 @@ async fn a_burst_of_topology_changes_costs_few_reloads() {
     assert!(last.reason.contains(&format!("server n{CHANGES} added to shard-a")), "{last:?}");
     let held = haproxy.show_servers().await.expect("servers");
     assert_eq!(held.iter().filter(|s| s.backend == "shard-a").count(), CHANGES as usize + 1);
+}
+
+/// Which node serves each of `fqdns`, from `X-Served-By`.
+async fn placement(http: std::net::SocketAddr, fqdns: &[String]) -> Vec<String> {
+    let mut served = Vec::with_capacity(fqdns.len());
+    for fqdn in fqdns {
+        let answer = http_get(http, fqdn).await.expect("answer");
+        assert_eq!(answer.status, 200, "{fqdn}: {answer:?}");
+        served.push(answer.header("x-served-by").expect("X-Served-By").to_owned());
+    }
+    served
+}
+
+/// Removes n2 from a shard of four and returns the placement before and after.
+async fn remove_one_of_four(
+    haproxy: &Haproxy,
+    http: std::net::SocketAddr,
+    nodes: &[String],
+    ids: [u32; 4],
+) -> (Vec<String>, Vec<String>) {
+    let fqdns: Vec<String> = (0..200).map(|i| format!("site-{i:03}.example.com")).collect();
+    let shard = |skip: Option<usize>| {
+        let servers = (0..4)
+            .filter(|i| Some(*i) != skip)
+            .map(|i| server(&format!("n{i}"), &format!("{}:80", nodes[i]), ids[i]))
+            .collect();
+        topology(vec![("shard-a", servers)])
+    };
+    haproxy.apply_config(&shard(None)).await.expect("four nodes");
+    wait_for("four nodes UP", READY, || async {
+        let servers = haproxy.show_servers().await.ok()?;
+        (servers.iter().filter(|s| s.status == "UP").count() == 4).then_some(())
+    })
+    .await
+    .expect("up");
+    let before = placement(http, &fqdns).await;
+    haproxy.apply_config(&shard(Some(2))).await.expect("n2 removed");
+    let after = placement(http, &fqdns).await;
+    (before, after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stable_server_ids_move_only_the_removed_nodes_sites() {
+    if !docker_available() {
+        return;
+    }
+    let mut lab = Lab::new("hashing").expect("lab");
+    let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
+    let nodes: Vec<String> = (0..4).map(|i| lab.start_node(&format!("n{i}"), "a").expect("node")).collect();
+    let haproxy = driver(&lb, ReloadMode::Hitless).await;
+    let fqdns: MapEntries = (0..200).map(|i| (format!("site-{i:03}.example.com"), "shard-a".to_owned())).collect();
+    haproxy.write_map_file(&fqdns).await.expect("map file");
+    let http = lb.http().expect("published port");
+
+    let (before, after) = remove_one_of_four(&haproxy, http, &nodes, [1, 2, 3, 4]).await;
+    let moved: Vec<usize> = (0..before.len()).filter(|&i| before[i] != after[i]).collect();
+    let on_removed = before.iter().filter(|n| *n == "n2").count();
+    let spread: Vec<usize> = (0..4).map(|i| before.iter().filter(|n| **n == format!("n{i}")).count()).collect();
+    println!("stable ids: sites per node {spread:?}");
+    println!("stable ids: {} of 200 on n2, {} moved", on_removed, moved.len());
+    assert!(moved.iter().all(|&i| before[i] == "n2"), "only n2's sites move: {moved:?}");
+    assert_eq!(moved.len(), on_removed, "every site of n2 moves");
+    assert!(moved.len() <= 200 / 4 + 10, "at most 1/4 + 5%: {}", moved.len());
+
+    // Without ids HAProxy numbers servers by position: n3 takes n2's number and its sites move too.
+    let (before, after) = remove_one_of_four(&haproxy, http, &nodes, [0; 4]).await;
+    let collateral = (0..before.len()).filter(|&i| before[i] != after[i] && before[i] != "n2").count();
+    println!("positional ids: {collateral} sites of other nodes moved");
+    assert!(collateral > 0, "positional ids were expected to move other nodes' sites");
 }

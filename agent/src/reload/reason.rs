@@ -40,8 +40,9 @@ fn server_changes(old: &Backend, new: &Backend, changes: &mut Vec<String>) {
     let backend = &new.name;
     let before: BTreeMap<&str, &Server> = old.servers.iter().map(|s| (s.name.as_str(), s)).collect();
     let after: BTreeMap<&str, &Server> = new.servers.iter().map(|s| (s.name.as_str(), s)).collect();
-    for (name, server) in &after {
-        match before.get(name) {
+    for server in &new.servers {
+        let name = &server.name;
+        match before.get(name.as_str()) {
             None => changes.push(format!("server {name} added to {backend}")),
             Some(was) => {
                 if was.address != server.address {
@@ -53,8 +54,8 @@ fn server_changes(old: &Backend, new: &Backend, changes: &mut Vec<String>) {
             }
         }
     }
-    for name in before.keys().filter(|name| !after.contains_key(*name)) {
-        changes.push(format!("server {name} removed from {backend}"));
+    for server in old.servers.iter().filter(|s| !after.contains_key(s.name.as_str())) {
+        changes.push(format!("server {} removed from {backend}", server.name));
     }
     let same_set = before.len() == after.len() && before.keys().all(|name| after.contains_key(name));
     let order = |servers: &[Server]| servers.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
