@@ -307,6 +307,8 @@ async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, ap
                 if let Err(ended) = files.start(applier, &out).await {
                     return ended;
                 }
+                // A restart can outlast the TTL; what arrived meanwhile is read next, as after a long apply.
+                last_heard = Instant::now();
             }
             // The last file write finished: write what deltas changed meanwhile, in one go.
             _ = files.idle.notified() => {

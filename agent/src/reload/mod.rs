@@ -1,5 +1,8 @@
 //! Reload discipline: which config changes wait for a reload and when it runs (`schedule`),
 //! and the words that say why a reload happened (`reason`).
+//!
+//! `Applier` drives it (`reload_due`, `reload_if_due`, `live_version`); `reload_times` runs the
+//! same schedule without HAProxy, e.g. to count the reloads a burst of changes costs.
 
 mod reason;
 mod schedule;
