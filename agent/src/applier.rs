@@ -9,10 +9,14 @@ use lbfleet_proto::map_diff::KeyDiff;
 use lbfleet_proto::map_diff::MapDiff;
 use lbfleet_proto::pb;
 use lbfleet_proto::MapDigest;
+use tokio::time::Instant;
 use tracing::info;
 use tracing::warn;
 
+use crate::admin::admin_changes;
+use crate::admin::admin_states_differ;
 use crate::config::AgentConfig;
+use crate::desired::AdminState;
 use crate::desired::Backend;
 use crate::desired::DesiredState;
 use crate::desired::MapChange;
@@ -23,7 +27,10 @@ use crate::docker::DockerHost;
 use crate::haproxy::Haproxy;
 use crate::haproxy::HaproxyTarget;
 use crate::haproxy::MapFileWrite;
+use crate::haproxy::ReloadMode;
 use crate::haproxy::RuntimeChange;
+use crate::reload;
+use crate::reload::Coalescer;
 
 /// Drift larger than this is repaired by replacing the whole runtime map instead of key by key.
 const BULK_REPAIR_THRESHOLD: usize = 1_000;
@@ -90,6 +97,23 @@ pub struct Applier {
     /// Deltas reached HAProxy's runtime map but not yet the map file.
     map_file_stale: bool,
     map_file_guard: MapFileGuard,
+    /// The config rendered for the desired topology.
+    desired_config: Option<String>,
+    /// What HAProxy runs, once known: the version, topology and config last put into service.
+    in_service: Option<InService>,
+    /// Config changes waiting for their reload, and the reload rate limit.
+    reloads: Coalescer,
+    last_reload: Option<pb::ReloadReport>,
+    reload_count: u64,
+    config_changes: u64,
+}
+
+/// The config HAProxy runs, as the agent put it into service.
+#[derive(Debug, Clone)]
+struct InService {
+    version: u64,
+    topology: Topology,
+    config: String,
 }
 
 impl Applier {
@@ -103,7 +127,6 @@ impl Applier {
             }
         };
         Applier {
-            config,
             docker,
             haproxy: None,
             desired: None,
@@ -115,6 +138,13 @@ impl Applier {
             container_started_at: None,
             map_file_stale: false,
             map_file_guard: MapFileGuard::default(),
+            desired_config: None,
+            in_service: None,
+            reloads: Coalescer::new(config.reload_min_interval, config.reconcile_interval),
+            last_reload: None,
+            reload_count: 0,
+            config_changes: 0,
+            config,
         }
     }
 
@@ -165,13 +195,40 @@ impl Applier {
         });
         // The file first: a reload or restart from here on loads the new map.
         self.write_map_file_now().await?;
+        self.topology_set(full.version).await?;
         let (haproxy, desired) = self.driver();
-        haproxy.apply_config(&desired.topology).await?;
         haproxy.replace_runtime_map(&desired.map).await?;
         info!(version = desired.version, entries = desired.map.len(), "applied full state");
         let version = desired.version;
         self.map_file_stale = false;
+        self.sync_admin_states().await?;
         Ok(version)
+    }
+
+    /// Renders the config for the desired topology, newly set at `version`, and decides whether
+    /// it waits for a reload: only when it differs from the one in service.
+    async fn topology_set(&mut self, version: u64) -> Result<(), ApplyError> {
+        let desired = self.desired.as_ref().expect("a desired state is held");
+        let rendered = Haproxy::render_config(&desired.topology)?;
+        if self.in_service.is_none() {
+            // First state since the agent started: HAProxy may already run exactly this config.
+            let (haproxy, _) = self.driver();
+            if haproxy.read_config().await?.as_deref() == Some(rendered.as_str()) {
+                let topology = self.desired.as_ref().expect("held").topology.clone();
+                self.in_service = Some(InService { version, topology, config: rendered.clone() });
+            }
+        }
+        let in_service = self.in_service.as_ref().is_some_and(|s| s.config == rendered);
+        if self.desired_config.as_deref() != Some(rendered.as_str()) && !in_service {
+            self.config_changes += 1;
+        }
+        if in_service {
+            self.reloads.settled();
+        } else if self.desired_config.as_deref() != Some(rendered.as_str()) || self.reloads.pending().is_none() {
+            self.reloads.config_changed(version, Instant::now());
+        }
+        self.desired_config = Some(rendered);
+        Ok(())
     }
 
     async fn apply_delta(&mut self, delta: pb::Delta) -> Result<u64, ApplyError> {
@@ -210,18 +267,21 @@ impl Applier {
         }
         desired.apply_changes(&changes);
         desired.version = delta.version;
-        let topology_changed = delta.topology.is_some();
+        let mut admin_changed = false;
         if let Some(topology) = &delta.topology {
-            desired.topology = topology_from_pb(topology);
+            let topology = topology_from_pb(topology);
+            admin_changed = admin_states_differ(&desired.topology, &topology);
+            desired.topology = topology;
         }
         if !runtime.is_empty() {
             self.map_file_stale = true;
         }
-        if topology_changed {
-            // A reload rereads the map file, so it must hold the new map first.
-            self.write_map_file_now().await?;
-            let (haproxy, desired) = self.driver();
-            haproxy.apply_config(&desired.topology).await?;
+        if delta.topology.is_some() {
+            // The reload, if one is needed, follows on its schedule (`reload_if_due`).
+            self.topology_set(delta.version).await?;
+        }
+        if admin_changed {
+            self.sync_admin_states().await?;
         }
         let (haproxy, desired) = self.driver();
         if !runtime.is_empty() {
@@ -231,15 +291,12 @@ impl Applier {
                 warn!(errors = ?report.errors, "runtime API refused some changes; reconcile will repair");
             }
         }
-        let version = desired.version;
-        if topology_changed {
-            self.map_file_stale = false;
-        }
-        Ok(version)
+        Ok(desired.version)
     }
 
     /// The map file write owed for deltas applied since the file was last written, if any,
-    /// with the version it covers. Run it (see `MapFileGuard`) before acknowledging that version.
+    /// with the version it covers. Run it (see `MapFileGuard`) before acknowledging that version
+    /// (or `live_version`, if lower).
     pub fn pending_map_file(&mut self) -> Result<Option<(u64, MapFileWrite)>, ApplyError> {
         if !self.map_file_stale || self.desired.is_none() {
             return Ok(None);
@@ -249,6 +306,125 @@ impl Applier {
         let version = desired.version;
         self.map_file_stale = false;
         Ok(Some((version, write)))
+    }
+
+    /// The highest version in service, which acks may name: the held one, unless a config
+    /// change waits for its reload (then the version before it).
+    pub fn live_version(&self) -> u64 {
+        self.reloads.live_version(self.version())
+    }
+
+    /// When the pending reload is due; `None` when no config change waits.
+    pub fn reload_due(&self) -> Option<Instant> {
+        self.desired.as_ref()?;
+        self.reloads.due_at()
+    }
+
+    /// Reloads HAProxy when a reload is pending and due; returns its report (with `error` set
+    /// when it failed; the changes then stay pending and are retried).
+    pub async fn reload_if_due(&mut self) -> Option<Result<pb::ReloadReport, ApplyError>> {
+        if self.desired.is_none() || !self.reloads.is_due(Instant::now()) {
+            return None;
+        }
+        Some(self.reload_now().await)
+    }
+
+    /// Why the pending reload happens: what changed since the config in service.
+    fn pending_reason(&self) -> String {
+        let Some(desired) = self.desired.as_ref() else {
+            return String::new();
+        };
+        let Some(pending) = self.reloads.pending() else {
+            return String::new();
+        };
+        let changes = match &self.in_service {
+            Some(in_service) => reload::topology_changes(&in_service.topology, &desired.topology),
+            None => vec!["agent start: HAProxy runs a config other than the one rendered for this state".to_owned()],
+        };
+        let changes = match &pending.forced {
+            Some(forced) => std::iter::once(forced.clone()).chain(changes).collect(),
+            None => changes,
+        };
+        reload::describe(&changes, reload::REASON_LIMIT, "rendered config changed")
+    }
+
+    /// Puts the desired config into service now: map file, `haproxy -c`, server state, reload
+    /// (or restart), then the admin states again. Logged and kept as the last reload.
+    async fn reload_now(&mut self) -> Result<pb::ReloadReport, ApplyError> {
+        let reason = self.pending_reason();
+        let changes = self.reloads.pending().map(|p| p.changes).unwrap_or(0);
+        let from_version = self.in_service.as_ref().map(|s| s.version).unwrap_or(0);
+        let mode = match self.config.reload {
+            ReloadMode::Hitless => "hitless",
+            ReloadMode::Restart => "restart",
+        };
+        let started = Instant::now();
+        let result = async {
+            // A reload rereads the map file, so it must hold the desired map first.
+            self.write_map_file_now().await?;
+            let (haproxy, desired) = self.driver();
+            haproxy.put_config_in_service(&desired.topology).await?;
+            Ok::<_, ApplyError>(())
+        }
+        .await;
+        let desired = self.desired.as_ref().expect("a desired state is held");
+        let to_version = desired.version;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let mut report = pb::ReloadReport {
+            at_unix_ms: unix_ms(),
+            reason,
+            duration_ms,
+            error: String::new(),
+            mode: mode.to_owned(),
+            from_version,
+            to_version,
+            changes,
+        };
+        let result = match result {
+            Ok(()) => {
+                let topology = desired.topology.clone();
+                let config = self.desired_config.clone().unwrap_or_default();
+                self.in_service = Some(InService { version: to_version, topology, config });
+                self.reloads.reloaded(Instant::now());
+                self.reload_count += 1;
+                info!(reason = %report.reason, duration_ms, mode, from_version, to_version, changes, "HAProxy reloaded");
+                // The state file carried them over; the replicated states win all the same.
+                if let Err(error) = self.sync_admin_states().await {
+                    warn!(%error, "admin states not applied after the reload; reconcile will retry");
+                }
+                Ok(report.clone())
+            }
+            Err(error) => {
+                self.reloads.failed(Instant::now());
+                report.error = error.to_string();
+                self.last_error = Some(report.error.clone());
+                warn!(%error, reason = %report.reason, duration_ms, mode, from_version, to_version, changes, "HAProxy reload failed");
+                Err(error)
+            }
+        };
+        self.last_reload = Some(report);
+        result
+    }
+
+    /// Brings HAProxy's forced admin states to the desired ones; returns how many changed.
+    async fn sync_admin_states(&mut self) -> Result<usize, ApplyError> {
+        let (haproxy, desired) = self.driver();
+        let held = haproxy.servers_state().await?;
+        let changes = admin_changes(&desired.topology, &held);
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let refused = haproxy.set_admin_states(&changes).await?;
+        for (change, answer) in &refused {
+            warn!(backend = %change.backend, server = %change.server, state = %change.state, %answer, "admin state refused");
+        }
+        let applied: Vec<String> = changes
+            .iter()
+            .filter(|c| !refused.iter().any(|(r, _)| r == *c))
+            .map(|c| format!("{}/{} {}", c.backend, c.server, c.state))
+            .collect();
+        info!(changes = ?applied, "admin states applied");
+        Ok(applied.len())
     }
 
     /// Orders map file writes made here with those run in the background.
@@ -290,9 +466,25 @@ impl Applier {
         }
         // A stopped HAProxy serves nothing and can run neither `haproxy -c` nor runtime commands.
         self.start_if_stopped().await?;
+        // The config too: a restarted container may have come back with an old file, or someone
+        // edited it. A reload already pending puts the desired one back anyway.
+        if self.reloads.pending().is_none() {
+            let (haproxy, _) = self.driver();
+            let file = haproxy.read_config().await?;
+            if file.as_deref() != self.desired_config.as_deref() {
+                let why = match file {
+                    Some(_) => "reconcile: haproxy.cfg in the container differs from the rendered one",
+                    None => "reconcile: haproxy.cfg missing in the container",
+                };
+                warn!(reason = why, "config drifted; reloading the rendered one");
+                self.reloads.force(why.to_owned(), Instant::now());
+            }
+        }
+        if let Some(reloaded) = self.reload_if_due().await {
+            reloaded?;
+        }
+        self.sync_admin_states().await?;
         let (haproxy, desired) = self.driver();
-        // The config too: a restarted container may have come back with an old file.
-        haproxy.apply_config(&desired.topology).await?;
         let actual = haproxy.show_map().await?;
         let diff = map_diff::diff(&desired.map, actual.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let Some(mut drift) = drift_report(&diff) else {
@@ -356,7 +548,12 @@ impl Applier {
     pub async fn report(&mut self, request_id: u64, include_map: bool) -> pb::AgentReport {
         let (digest, entries) = self.map_summary();
         let mut report = pb::AgentReport {
-            applied_version: self.applied_version,
+            applied_version: self.reloads.live_version(self.applied_version),
+            has_last_reload: self.last_reload.is_some(),
+            last_reload: self.last_reload.clone(),
+            reloads: self.reload_count,
+            config_changes: self.config_changes,
+            reload_pending: self.pending_reason(),
             map_digest: digest,
             map_entries: entries,
             docker_reachable: false,
@@ -394,7 +591,8 @@ impl Applier {
                         server: s.server,
                         status: s.status,
                         check: s.check,
-                        ..Default::default()
+                        sessions: s.sessions,
+                        admin: s.admin.as_str().to_owned(),
                     })
                     .collect()
             }
@@ -422,11 +620,32 @@ fn topology_from_pb(topology: &pb::AgentTopology) -> Topology {
         .iter()
         .map(|b| Backend {
             name: b.name.clone(),
-            servers: b.servers.iter().map(|s| Server { name: s.name.clone(), address: s.address.clone() }).collect(),
+            servers: b
+                .servers
+                .iter()
+                .map(|s| Server {
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                    id: s.id,
+                    admin: admin_from_pb(s.admin()),
+                })
+                .collect(),
         })
         .collect();
     backends.sort_by(|a, b| a.name.cmp(&b.name));
     Topology { map_path: topology.map_path.clone(), backends }
+}
+
+fn admin_from_pb(admin: pb::AdminState) -> AdminState {
+    match admin {
+        pb::AdminState::AdminReady => AdminState::Ready,
+        pb::AdminState::AdminDrain => AdminState::Drain,
+        pb::AdminState::AdminMaint => AdminState::Maint,
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The drift report for `diff`, with a few examples; `None` when nothing differs.
@@ -451,10 +670,7 @@ fn drift_report(diff: &MapDiff<'_>) -> Option<pb::DriftReport> {
         extra: counts.extra,
         duplicates: counts.duplicated,
         examples,
-        found_at_unix_ms: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
+        found_at_unix_ms: unix_ms(),
         ..Default::default()
     })
 }

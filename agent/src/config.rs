@@ -15,6 +15,8 @@ use crate::haproxy::RuntimeMode;
 const DEFAULT_RECONCILE_SECS: f64 = 10.0;
 /// Seconds between reports when none is set.
 const DEFAULT_REPORT_SECS: f64 = 5.0;
+/// Least seconds between two reloads when none is set.
+const DEFAULT_RELOAD_MIN_INTERVAL_SECS: f64 = 2.0;
 
 lbfleet_proto::settings! {
     /// Applies this host's assigned load-balancer state to the local HAProxy container.
@@ -64,6 +66,10 @@ lbfleet_proto::settings! {
         /// Seconds between reports to the coordinator [default: 5].
         #[arg(long)]
         pub report_interval: Option<f64>,
+        /// Least seconds between two reloads of HAProxy [default: 2]. The first config change after
+        /// a quiet period reloads at once; changes arriving sooner wait and go in together. 0: no wait.
+        #[arg(long)]
+        pub reload_min_interval: Option<f64>,
     }
 }
 
@@ -94,6 +100,8 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     /// Time between reports.
     pub report_interval: Duration,
+    /// Least time between two reloads; config changes arriving sooner are coalesced.
+    pub reload_min_interval: Duration,
 }
 
 impl AgentSettings {
@@ -129,6 +137,7 @@ impl AgentSettings {
             container: self.container,
             reconcile_interval: seconds("reconcile_interval", self.reconcile_interval, DEFAULT_RECONCILE_SECS)?,
             report_interval: seconds("report_interval", self.report_interval, DEFAULT_REPORT_SECS)?,
+            reload_min_interval: reload_interval(self.reload_min_interval)?,
         })
     }
 }
@@ -141,6 +150,19 @@ fn seconds(field: &'static str, value: Option<f64>, default: f64) -> Result<Dura
             field,
             value: value.to_string(),
             reason: "expected 0.01 to 3600 seconds".into(),
+        });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// `reload_min_interval` as a duration: 0 (no wait) to an hour.
+fn reload_interval(value: Option<f64>) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(DEFAULT_RELOAD_MIN_INTERVAL_SECS);
+    if !(0.0..=3600.0).contains(&value) {
+        return Err(ConfigError::Invalid {
+            field: "reload_min_interval",
+            value: value.to_string(),
+            reason: "expected 0 to 3600 seconds".into(),
         });
     }
     Ok(Duration::from_secs_f64(value))
@@ -172,6 +194,7 @@ mod tests {
         assert_eq!(config.reload, ReloadMode::Hitless);
         assert_eq!(config.reconcile_interval, Duration::from_secs(10));
         assert_eq!(config.report_interval, Duration::from_secs(5));
+        assert_eq!(config.reload_min_interval, Duration::from_secs(2));
     }
 
     #[test]
@@ -186,6 +209,9 @@ mod tests {
         let err = AgentSettings::try_parse_from(["lbfleet-agent", "--runtime", "ssh"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
         assert!(err.to_string().contains("'ssh'") && err.to_string().contains("socket, exec, auto"), "{err}");
+        assert_eq!(args(&["--reload-min-interval", "0"]).resolve().unwrap().reload_min_interval, Duration::ZERO);
+        let err = args(&["--reload-min-interval=-1"]).resolve().unwrap_err();
+        assert_eq!(err.to_string(), "invalid reload_min_interval \"-1\": expected 0 to 3600 seconds");
         let err = args(&["--report-interval", "0"]).resolve().unwrap_err();
         assert_eq!(err.to_string(), "invalid report_interval \"0\": expected 0.01 to 3600 seconds");
         let err = AgentSettings::parse_from(["lbfleet-agent"]).resolve().unwrap_err();
@@ -198,7 +224,7 @@ mod tests {
         let file = config_file(
             dir.path(),
             "host_id = \"lb-file\"\nendpoints = [\"c:3\"]\ntls_dir = \"/f\"\nruntime = \"socket\"\n\
-             reload = \"restart\"\nreconcile_interval = 0.5\n",
+             reload = \"restart\"\nreconcile_interval = 0.5\nreload_min_interval = 7.5\n",
         );
         let config =
             AgentSettings::parse_from(["lbfleet-agent", "--config", &file, "--host-id", "lb-flag"]).resolve().unwrap();
@@ -206,6 +232,7 @@ mod tests {
         assert_eq!(config.endpoints, ["c:3"]);
         assert_eq!((config.runtime, config.reload), (RuntimeMode::Socket, ReloadMode::Restart));
         assert_eq!(config.reconcile_interval, Duration::from_millis(500));
+        assert_eq!(config.reload_min_interval, Duration::from_millis(7500));
         let flagged = AgentSettings::parse_from(["lbfleet-agent", "--config", &file, "--runtime", "exec"]);
         assert_eq!(flagged.resolve().unwrap().runtime, RuntimeMode::Exec);
     }

@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
+pub mod admin;
 pub mod applier;
 pub mod config;
 pub mod desired;
 pub mod docker;
 pub mod haproxy;
 pub mod leader;
+pub mod reload;
 pub mod session;

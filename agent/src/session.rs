@@ -158,12 +158,38 @@ async fn reconciling<T>(applier: &mut Applier, every: Duration, future: impl Fut
     tokio::pin!(future);
     let mut reconcile = tokio::time::interval_at(Instant::now() + every, every);
     loop {
+        let reload_due = applier.reload_due();
         tokio::select! {
             output = &mut future => return output,
             _ = reconcile.tick() => {
                 reconcile_now(applier).await;
             }
+            // A config change received before the stream ended still goes into service.
+            _ = sleep_until_due(reload_due), if reload_due.is_some() => {
+                let _ = applier.reload_if_due().await;
+            }
         }
+    }
+}
+
+/// Sleeps until `due` (forever when `None`; such a branch is disabled anyway).
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the pending reload if it is due; a failed reload rejects the version held (its config
+/// is not in service). The caller acknowledges what went live.
+async fn reload_when_due(applier: &mut Applier, out: &mpsc::Sender<pb::AgentMessage>) -> Result<(), Ended> {
+    match applier.reload_if_due().await {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(error)) if applier.live_version() < applier.version() => {
+            let nack = AgentKind::Nack(pb::Nack { version: applier.version(), error: error.to_string() });
+            send(out, nack).await
+        }
+        Some(Err(_)) => Ok(()),
     }
 }
 
@@ -216,13 +242,22 @@ async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, ap
     loop {
         if reconcile_soon {
             reconcile_soon = false;
-            if reconcile_now(applier).await {
+            let live = applier.live_version();
+            let drifted = reconcile_now(applier).await;
+            // A reload it made may have put a held-back version into service.
+            if applier.live_version() != live {
+                if let Err(ended) = files.start(applier, &out).await {
+                    return ended;
+                }
+            }
+            if drifted {
                 let report = applier.report(0, false).await;
                 if let Err(ended) = send(&out, AgentKind::Report(report)).await {
                     return ended;
                 }
             }
         }
+        let reload_due = applier.reload_due();
         tokio::select! {
             received = inbound.message() => match received {
                 Ok(Some(received)) => {
@@ -264,6 +299,17 @@ async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, ap
                 }
             },
             _ = reconcile.tick() => reconcile_soon = true,
+            // Coalesced config changes: their reload is due now.
+            _ = sleep_until_due(reload_due), if reload_due.is_some() => {
+                if let Err(ended) = reload_when_due(applier, &out).await {
+                    return ended;
+                }
+                if let Err(ended) = files.start(applier, &out).await {
+                    return ended;
+                }
+                // A restart can outlast the TTL; what arrived meanwhile is read next, as after a long apply.
+                last_heard = Instant::now();
+            }
             // The last file write finished: write what deltas changed meanwhile, in one go.
             _ = files.idle.notified() => {
                 if let Err(ended) = files.start(applier, &out).await {
@@ -319,34 +365,40 @@ async fn apply_burst(
         }
     }
     if applied.is_some() {
+        // The first config change after a quiet period goes into service before the ack.
+        reload_when_due(applier, out).await?;
         files.start(applier, out).await?;
     }
     ended.map_or(Ok(()), Err)
 }
 
 /// Hands map file writes (an fsync of the whole map) to a task of their own, one at a time:
-/// deltas that arrive during a write are covered by the next one.
+/// deltas that arrive during a write are covered by the next one. Each carries the version it
+/// writes and the version to acknowledge once it is on disk (lower while a reload is pending).
 struct FileWriter {
-    queue: mpsc::Sender<(u64, MapFileWrite)>,
+    queue: mpsc::Sender<QueuedWrite>,
     busy: Arc<AtomicBool>,
     idle: Arc<Notify>,
 }
 
 impl FileWriter {
     /// Starts the write the applier owes, unless one is running (it then follows when that ends);
-    /// with nothing to write, acknowledges the applied version at once.
+    /// with nothing to write, acknowledges the live version at once.
     async fn start(&self, applier: &mut Applier, out: &mpsc::Sender<pb::AgentMessage>) -> Result<(), Ended> {
         let closed = || Ended::Failed(StreamError::Closed);
         if self.busy.load(Ordering::Acquire) {
             return Ok(());
         }
         let version = applier.version();
+        // Acks say "live": a version whose config waits for its reload is not.
+        let live = applier.live_version();
         match applier.pending_map_file() {
-            Ok(Some(write)) => {
+            Ok(Some((written, write))) => {
                 self.busy.store(true, Ordering::Release);
-                self.queue.send(write).await.map_err(|_| closed())
+                let queued = QueuedWrite { version: written, ack: live.min(written), write };
+                self.queue.send(queued).await.map_err(|_| closed())
             }
-            Ok(None) => send(out, AgentKind::Ack(pb::Ack { version })).await,
+            Ok(None) => send(out, AgentKind::Ack(pb::Ack { version: live })).await,
             Err(error) => {
                 let nack = AgentKind::Nack(pb::Nack { version, error: error.to_string() });
                 send(out, nack).await
@@ -355,18 +407,27 @@ impl FileWriter {
     }
 }
 
+/// A map file write handed to `map_file_writer`.
+struct QueuedWrite {
+    /// The version of the map it writes (orders writes, see `MapFileGuard`).
+    version: u64,
+    /// The version acknowledged once it is on disk.
+    ack: u64,
+    write: MapFileWrite,
+}
+
 /// Writes the map files handed over by `FileWriter` and acknowledges the version each covers:
 /// acknowledged means on disk too.
 async fn map_file_writer(
-    mut queue: mpsc::Receiver<(u64, MapFileWrite)>,
+    mut queue: mpsc::Receiver<QueuedWrite>,
     guard: MapFileGuard,
     out: mpsc::Sender<pb::AgentMessage>,
     busy: Arc<AtomicBool>,
     idle: Arc<Notify>,
 ) {
-    while let Some((version, write)) = queue.recv().await {
+    while let Some(QueuedWrite { version, ack, write }) = queue.recv().await {
         let answer = match guard.write(version, write).await {
-            Ok(()) => AgentKind::Ack(pb::Ack { version }),
+            Ok(()) => AgentKind::Ack(pb::Ack { version: ack }),
             Err(error) => {
                 warn!(version, %error, "map file not written");
                 AgentKind::Nack(pb::Nack { version, error: format!("map file: {error}") })

@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use futures::StreamExt;
+use lbfleet_agent::desired::AdminState;
 use lbfleet_agent::desired::Backend;
 use lbfleet_agent::desired::MapEntries;
 use lbfleet_agent::desired::Server;
@@ -14,12 +15,14 @@ use lbfleet_agent::desired::Topology;
 use lbfleet_agent::docker::ContainerEventKind;
 use lbfleet_agent::docker::DockerError;
 use lbfleet_agent::docker::DockerHost;
+use lbfleet_agent::haproxy::AdminChange;
 use lbfleet_agent::haproxy::Haproxy;
 use lbfleet_agent::haproxy::HaproxyError;
 use lbfleet_agent::haproxy::HaproxyTarget;
 use lbfleet_agent::haproxy::ReloadMode;
 use lbfleet_agent::haproxy::RuntimeChange;
 use lbfleet_agent::haproxy::RuntimeMode;
+use lbfleet_agent::haproxy::SERVER_STATE_PATH_IN_CONTAINER;
 use lbfleet_proto::names::lb_backend;
 use lbfleet_tests::docker_lab::docker;
 use lbfleet_tests::docker_lab::docker_available;
@@ -244,7 +247,7 @@ async fn apply_config_routes_to_a_node_and_refuses_an_invalid_config() {
     let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
 
     let backend = |servers: Vec<Server>| Backend { name: "shard-web-1".into(), servers };
-    let server = |address: String| Server { name: "web-1-node-0".into(), address };
+    let server = |address: String| Server { name: "web-1-node-0".into(), address, id: 1, admin: AdminState::Ready };
     let topology = Topology { map_path: MAP_PATH.into(), backends: vec![backend(vec![server(format!("{node}:80"))])] };
     let map: MapEntries = [("site.example.com".to_owned(), "shard-web-1".to_owned())].into();
     haproxy.write_map_file(&map).await.expect("map file");
@@ -404,7 +407,12 @@ async fn exec_fallback_without_shared_directories() {
         map_path: MAP_PATH.into(),
         backends: vec![Backend {
             name: "shard-web-1".into(),
-            servers: vec![Server { name: "web-1-node-0".into(), address: format!("{node}:80") }],
+            servers: vec![Server {
+                name: "web-1-node-0".into(),
+                address: format!("{node}:80"),
+                id: 1,
+                admin: AdminState::Ready,
+            }],
         }],
     };
     let started = Instant::now();
@@ -419,14 +427,28 @@ async fn exec_fallback_without_shared_directories() {
     target.reload = ReloadMode::Restart;
     let restarting = Haproxy::new(target, Some(DockerHost::connect(None).await.expect("docker")), RuntimeMode::Auto);
     let before = docker(&["inspect", "-f", "{{.State.StartedAt}}", &lb.container]).expect("inspect");
+    // Maint must survive the stop + start: the state file is written through exec before the stop.
+    let maint = AdminChange { backend: "shard-web-1".into(), server: "web-1-node-0".into(), state: AdminState::Maint };
+    assert!(haproxy.set_admin_states(&[maint]).await.expect("maint").is_empty());
     topology.backends.push(Backend { name: "shard-web-2".into(), servers: vec![] });
     let started = Instant::now();
     assert!(restarting.apply_config(&topology).await.expect("config with restart"));
     println!("exec: apply_config with stop + start: {:?}", started.elapsed());
     assert_ne!(docker(&["inspect", "-f", "{{.State.StartedAt}}", &lb.container]).expect("inspect"), before);
     assert_eq!(restarting.show_map().await.expect("show map").len(), 20_000);
-    let answer = http_get(lb.http().expect("published port"), "site-0000001.example.com").await.expect("HTTP");
-    assert_eq!((answer.status, answer.header("x-shard")), (200, Some("web-1")), "{answer:?}");
+    let state = docker(&["exec", &lb.container, "cat", SERVER_STATE_PATH_IN_CONTAINER]).expect("state file");
+    assert!(state.contains(" web-1-node-0 "), "{state}");
+    let servers = restarting.show_servers().await.expect("servers");
+    assert_eq!(servers.iter().find(|s| s.server == "web-1-node-0").map(|s| s.admin), Some(AdminState::Maint));
+    let ready = AdminChange { backend: "shard-web-1".into(), server: "web-1-node-0".into(), state: AdminState::Ready };
+    assert!(restarting.set_admin_states(&[ready]).await.expect("ready").is_empty());
+    let answer = wait_for("web-1 serving", READY, || async {
+        let answer = http_get(lb.http().ok()?, "site-0000001.example.com").await.ok()?;
+        (answer.status == 200).then_some(answer)
+    })
+    .await
+    .expect("HTTP");
+    assert_eq!(answer.header("x-shard"), Some("web-1"), "{answer:?}");
     // Every exec session ended its socat (no process left waiting on a half-closed socket).
     wait_for("socat to exit", Duration::from_secs(5), || async {
         let processes = docker(&["exec", &lb.container, "sh", "-c", "cat /proc/[0-9]*/comm"]).ok()?;

@@ -76,7 +76,8 @@ impl Haproxy {
         Ok(rendered)
     }
 
-    /// Renders, validates (`haproxy -c`), swaps in and reloads the config when it changed; returns whether it did.
+    /// Renders, validates (`haproxy -c`), saves the server state, swaps in and reloads the config
+    /// when it differs from the file in service; returns whether it reloaded.
     ///
     /// A reload rereads the map file and drops runtime-only entries: write the map file first.
     pub async fn apply_config(&self, topology: &Topology) -> Result<bool, HaproxyError> {
@@ -84,6 +85,18 @@ impl Haproxy {
         if self.read_config().await?.as_deref() == Some(rendered.as_str()) {
             return Ok(false);
         }
+        self.install_and_reload(topology, rendered).await?;
+        Ok(true)
+    }
+
+    /// Renders, validates, saves the server state, swaps in and reloads the config for
+    /// `topology`, even when the file already holds it (the process may run an older one).
+    pub async fn put_config_in_service(&self, topology: &Topology) -> Result<(), HaproxyError> {
+        let rendered = Haproxy::render_config(topology)?;
+        self.install_and_reload(topology, rendered).await
+    }
+
+    async fn install_and_reload(&self, topology: &Topology, rendered: String) -> Result<(), HaproxyError> {
         let started = Instant::now();
         let docker = self.docker("validating haproxy.cfg with haproxy -c")?;
         let container = self.target.container.as_str();
@@ -114,6 +127,8 @@ impl Haproxy {
             return Err(HaproxyError::InvalidConfig { output });
         }
 
+        // Saved after `haproxy -c`, as late as possible before the reload: health checks may change it meanwhile.
+        let _ = self.save_server_state(topology).await;
         match self.config_file() {
             Some(path) => {
                 let host_candidate = path.with_file_name("haproxy.cfg.candidate");
@@ -132,7 +147,7 @@ impl Haproxy {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "haproxy.cfg replaced and reloaded"
         );
-        Ok(true)
+        Ok(())
     }
 
     /// Puts the current `haproxy.cfg` into service (ReloadMode) and waits until the admin socket answers again.
@@ -204,6 +219,7 @@ impl Haproxy {
             Some(_) => {}
             None => warn!(container, "no shared config directory: HAProxy starts with the config it has"),
         }
+        self.refilter_server_state(topology).await;
         docker.start(container).await?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -220,8 +236,8 @@ impl Haproxy {
         }
     }
 
-    /// The current config: from the shared directory, else from the container; `None` when missing.
-    async fn read_config(&self) -> Result<Option<String>, HaproxyError> {
+    /// The config file in the container (shared directory, else `docker exec cat`); `None` when missing.
+    pub async fn read_config(&self) -> Result<Option<String>, HaproxyError> {
         if let Some(path) = self.config_file() {
             return match tokio::fs::read_to_string(&path).await {
                 Ok(text) => Ok(Some(text)),
@@ -252,8 +268,8 @@ impl Haproxy {
         }
     }
 
-    /// PID of the worker answering the admin socket (`show info`).
-    async fn worker_pid(&self) -> Result<u32, HaproxyError> {
+    /// PID of the worker answering the admin socket (`show info`); a reload changes it.
+    pub async fn worker_pid(&self) -> Result<u32, HaproxyError> {
         let info = self.run_command(&[("verb", "show"), ("verb", "info")]).await?;
         info.lines()
             .find_map(|line| line.strip_prefix("Pid:"))
@@ -300,7 +316,7 @@ async fn master_reload(path: &Path, timeout: Duration) -> Result<(), HaproxyErro
 }
 
 /// Runs file I/O on the blocking pool; `path` names the file if the task itself fails.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> Result<T, HaproxyError> + Send + 'static,
 ) -> Result<T, HaproxyError> {
@@ -310,6 +326,7 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::AdminState;
     use crate::desired::Server;
 
     fn topology(backends: Vec<Backend>) -> Topology {
@@ -322,8 +339,18 @@ mod tests {
             Backend {
                 name: "shard-web-1".into(),
                 servers: vec![
-                    Server { name: "web-1-node-0".into(), address: "node-0:80".into() },
-                    Server { name: "web-1-node-1".into(), address: "10.0.0.7:8080".into() },
+                    Server {
+                        name: "web-1-node-0".into(),
+                        address: "node-0:80".into(),
+                        id: 3,
+                        admin: AdminState::Maint,
+                    },
+                    Server {
+                        name: "web-1-node-1".into(),
+                        address: "10.0.0.7:8080".into(),
+                        id: 0,
+                        admin: AdminState::Ready,
+                    },
                 ],
             },
             Backend { name: "shard-empty".into(), servers: vec![] },
@@ -331,7 +358,7 @@ mod tests {
         .expect("rendered");
         assert!(cfg.contains(
             "\nbackend shard-web-1\n    balance hash req.hdr(host),host_only,lower\n    hash-type consistent\n    \
-             server web-1-node-0 node-0:80 check\n    server web-1-node-1 10.0.0.7:8080 check\n"
+             server web-1-node-0 node-0:80 id 3 check\n    server web-1-node-1 10.0.0.7:8080 check\n"
         ));
         assert!(cfg.contains(
             "\nbackend shard-empty\n    balance hash req.hdr(host),host_only,lower\n    hash-type consistent\n"
@@ -339,6 +366,11 @@ mod tests {
         assert!(cfg.contains("map(/var/lib/haproxy/maps/fqdn-to-shard.map)"));
         assert!(cfg.contains("stats socket /var/run/haproxy/admin.sock mode 660 level admin expose-fd listeners"));
         assert!(cfg.contains("default_backend no-such-site"));
+        // Admin states never reach the config: changing one must not reload.
+        assert!(!cfg.contains(" disabled"), "{cfg}");
+        assert!(cfg.contains("\n    server-state-file /usr/local/etc/haproxy/server-state\n"));
+        assert!(cfg.contains("\n    load-server-state-from-file global\n"));
+        assert!(cfg.contains("\n    option idle-close-on-response\n"));
         assert!(cfg.ends_with('\n') && !cfg.ends_with("\n\n\n"), "tidy end: {cfg:?}");
     }
 
@@ -355,7 +387,7 @@ mod tests {
         let evil = |name: &str, address: &str| {
             topology(vec![Backend {
                 name: name.into(),
-                servers: vec![Server { name: "n".into(), address: address.into() }],
+                servers: vec![Server { name: "n".into(), address: address.into(), id: 1, admin: AdminState::Ready }],
             }])
         };
         assert!(Haproxy::render_config(&evil("shard-x\n    bind :9999", "a:80")).is_err());

@@ -5,6 +5,8 @@ mod admin_socket;
 mod config;
 mod map_file;
 mod runtime;
+mod server_state;
+mod state_file;
 mod stats;
 
 use std::path::PathBuf;
@@ -12,8 +14,14 @@ use std::time::Duration;
 
 use admin_socket::AdminSession;
 pub use map_file::MapFileWrite;
+pub use runtime::AdminChange;
 pub use runtime::RuntimeCommandError;
 pub use runtime::RuntimeReport;
+pub use server_state::parse_servers_state;
+pub use server_state::state_file_for;
+pub use server_state::ServerStateError;
+pub use server_state::ServerStateLine;
+pub use server_state::StateFile;
 pub use stats::ServerStat;
 pub use stats::ShowStatError;
 use tracing::warn;
@@ -29,6 +37,10 @@ pub const CONFIG_PATH_IN_CONTAINER: &str = "/usr/local/etc/haproxy/haproxy.cfg";
 const ADMIN_SOCKET: &str = "admin.sock";
 const MASTER_SOCKET: &str = "master.sock";
 const CONFIG_FILE: &str = "haproxy.cfg";
+/// The server state file inside the container (the template's `server-state-file`).
+pub const SERVER_STATE_PATH_IN_CONTAINER: &str = "/usr/local/etc/haproxy/server-state";
+/// Its name in the shared config directory.
+const SERVER_STATE_FILE: &str = "server-state";
 
 /// Bound on one command with its payload: HAProxy's `tune.bufsize` is 16 KiB and
 /// a command of 16,411 bytes was refused in tests, 16,295 accepted.
@@ -92,6 +104,12 @@ pub enum HaproxyError {
         path: PathBuf,
         #[source]
         source: tokio::task::JoinError,
+    },
+    /// `show servers state` answered with something other than its dump.
+    #[error("unexpected answer to `show servers state`: {source}")]
+    ServersState {
+        #[from]
+        source: ServerStateError,
     },
     /// `show stat` answered with something other than its table.
     #[error("unexpected answer to `show stat`: {source}")]
@@ -204,6 +222,10 @@ impl Haproxy {
 
     fn config_file(&self) -> Option<PathBuf> {
         self.target.config_dir.as_deref().map(|dir| dir.join(CONFIG_FILE))
+    }
+
+    fn server_state_file(&self) -> Option<PathBuf> {
+        self.target.config_dir.as_deref().map(|dir| dir.join(SERVER_STATE_FILE))
     }
 
     fn docker(&self, op: &'static str) -> Result<&DockerHost, HaproxyError> {

@@ -1,18 +1,33 @@
 //! Runtime API operations on the FQDN map and on server state.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use tracing::debug;
 
 use super::admin_socket::CommandAnswers;
 use super::admin_socket::CommandBatch;
+use super::server_state;
+use super::server_state::ServerStateLine;
 use super::stats;
 use super::stats::ServerStat;
 use super::Haproxy;
 use super::HaproxyError;
 use super::RuntimeChange;
 use super::PAYLOAD_LIMIT;
+use crate::desired::AdminState;
 use crate::desired::MapEntries;
+
+/// One server's admin state to set through the runtime API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminChange {
+    /// Backend name.
+    pub backend: String,
+    /// Server name.
+    pub server: String,
+    /// The state to force.
+    pub state: AdminState,
+}
 
 /// What `apply_runtime` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -226,12 +241,81 @@ impl Haproxy {
         .await
     }
 
-    /// Health of every backend server from `show stat`.
+    /// Health, sessions and forced admin state of every backend server: `show stat` and
+    /// `show servers state` in one session.
     pub async fn show_servers(&self) -> Result<Vec<ServerStat>, HaproxyError> {
-        let output = self
-            .run_command(&[("verb", "show"), ("verb", "stat"), ("proxy", "-1"), ("type", "4"), ("server", "-1")])
+        let mut batch = CommandBatch::with_capacity(64, 2);
+        batch.push(&[("verb", "show"), ("verb", "stat"), ("proxy", "-1"), ("type", "4"), ("server", "-1")])?;
+        batch.push(&[("verb", "show"), ("verb", "servers"), ("verb", "state")])?;
+        let (stat, state) = self
+            .timed("show stat and servers state", async {
+                let mut session = self.admin_session().await?;
+                let outputs = {
+                    let answers = session.round(&batch).await?;
+                    (answers.text(0), answers.text(1))
+                };
+                session.close().await;
+                Ok(outputs)
+            })
             .await?;
-        Ok(stats::parse_show_stat(&output)?)
+        let mut servers = stats::parse_show_stat(&stat)?;
+        let admin: HashMap<(String, String), AdminState> = server_state::parse_servers_state(&state)?
+            .into_iter()
+            .map(|line| {
+                let admin = line.forced_admin();
+                ((line.backend, line.server), admin)
+            })
+            .collect();
+        for server in &mut servers {
+            if let Some(state) = admin.get(&(server.backend.clone(), server.server.clone())) {
+                server.admin = *state;
+            }
+        }
+        Ok(servers)
+    }
+
+    /// `show servers state` as HAProxy prints it (the state file's format).
+    pub async fn dump_servers_state(&self) -> Result<String, HaproxyError> {
+        self.run_command(&[("verb", "show"), ("verb", "servers"), ("verb", "state")]).await
+    }
+
+    /// Every server's line of `show servers state`.
+    pub async fn servers_state(&self) -> Result<Vec<ServerStateLine>, HaproxyError> {
+        Ok(server_state::parse_servers_state(&self.dump_servers_state().await?)?)
+    }
+
+    /// `set server <backend>/<server> state <ready|drain|maint>` for each change, in one session;
+    /// returns the changes HAProxy refused (a server it does not hold, say) with its answer.
+    pub async fn set_admin_states(&self, changes: &[AdminChange]) -> Result<Vec<(AdminChange, String)>, HaproxyError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = CommandBatch::with_capacity(changes.len() * 64, changes.len());
+        let targets: Vec<String> = changes.iter().map(|c| format!("{}/{}", c.backend, c.server)).collect();
+        for (change, target) in changes.iter().zip(&targets) {
+            batch.push(&[
+                ("verb", "set"),
+                ("verb", "server"),
+                ("server", target),
+                ("verb", "state"),
+                ("state", change.state.as_str()),
+            ])?;
+        }
+        self.timed("set server state", async {
+            let mut session = self.admin_session().await?;
+            let refused = {
+                let answers = session.round(&batch).await?;
+                changes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !answers.get(*i).trim_ascii().is_empty())
+                    .map(|(i, change)| (change.clone(), answers.text(i)))
+                    .collect()
+            };
+            session.close().await;
+            Ok(refused)
+        })
+        .await
     }
 
     /// Runs one command and returns its output.

@@ -1,5 +1,7 @@
 //! Backend server health from `show stat` (CSV, one header line starting with `# `).
 
+use crate::desired::AdminState;
+
 /// Health of one backend server as HAProxy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStat {
@@ -11,6 +13,10 @@ pub struct ServerStat {
     pub status: String,
     /// Description of the last check, e.g. `Layer4 connection problem`.
     pub check: String,
+    /// Current sessions on the server (`scur`).
+    pub sessions: u64,
+    /// The admin state forced at run time (from `show servers state`; ready when unknown).
+    pub admin: AdminState,
 }
 
 impl ServerStat {
@@ -53,6 +59,7 @@ pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, ShowStatE
     };
     let (pxname, svname, status) = (column("pxname")?, column("svname")?, column("status")?);
     let check_desc = column("check_desc").ok();
+    let scur = column("scur")?;
 
     let mut servers = Vec::new();
     let mut fields = Vec::with_capacity(columns.len());
@@ -68,6 +75,8 @@ pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, ShowStatE
             server,
             status: field(Some(status)),
             check: field(check_desc),
+            sessions: field(Some(scur)).parse().unwrap_or(0),
+            admin: AdminState::Ready,
         });
     }
     Ok(servers)
@@ -99,14 +108,15 @@ mod tests {
 
     #[test]
     fn keeps_server_rows_with_status_and_check() {
-        let output = "# pxname,svname,status,check_status,check_desc,\n\
-            shard-web-1,web-1-node-0,UP,L4OK,\"Layer4 check passed, fine\",\n\
-            shard-web-1,BACKEND,UP,,,\n\
-            shard-web-2,web-2-node-0,DOWN,L4CON,Connection refused,\n";
+        let output = "# pxname,svname,scur,status,check_status,check_desc,\n\
+            shard-web-1,web-1-node-0,3,UP,L4OK,\"Layer4 check passed, fine\",\n\
+            shard-web-1,BACKEND,3,UP,,,\n\
+            shard-web-2,web-2-node-0,0,DOWN,L4CON,Connection refused,\n";
         let servers = parse_show_stat(output).expect("parsed");
         assert_eq!(servers.len(), 2);
         assert_eq!(servers[0].backend, "shard-web-1");
         assert_eq!(servers[0].check, "Layer4 check passed, fine");
+        assert_eq!((servers[0].sessions, servers[1].sessions), (3, 0));
         assert!(servers[0].is_up());
         assert_eq!(servers[1].status, "DOWN");
         assert!(!servers[1].is_up());
@@ -118,6 +128,6 @@ mod tests {
             parse_show_stat("Permission denied\n"),
             Err(ShowStatError::NotATable { output: "Permission denied".into() })
         );
-        assert_eq!(parse_show_stat("# pxname,status\n"), Err(ShowStatError::MissingColumn { column: "svname" }));
+        assert_eq!(parse_show_stat("# pxname,scur,status\n"), Err(ShowStatError::MissingColumn { column: "svname" }));
     }
 }
