@@ -206,5 +206,8 @@ async fn five_reloads_under_keep_alive_load_fail_no_request_and_keep_bindings_an
         reported.config_changes,
         reported.has_last_reload.then_some(&reported.last_reload)
     );
+    let last = reported.last_reload.as_ref().filter(|_| reported.has_last_reload);
+    let last = last.ok_or_else(|| anyhow::anyhow!("lb-a reports no last reload after five: {reported:?}"))?;
+    assert!(last.error.is_empty() && !last.reason.is_empty(), "lb-a's last reload: {last:?}");
     Ok(())
 }
