@@ -14,8 +14,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Digests are 64-bit hashes: as JSON numbers, readers that parse doubles (jq, JavaScript) would round them.
         .field_attribute(".lbfleet.v1.Hello.map_digest", DIGEST_AS_HEX)
         .field_attribute(".lbfleet.v1.AgentReport.map_digest", DIGEST_AS_HEX)
+        .field_attribute(".lbfleet.v1.ServerSpec.admin", ADMIN_AS_WORD)
+        .field_attribute(".lbfleet.v1.SetNodeState.state", ADMIN_AS_WORD)
+        .field_attribute(".lbfleet.v1.NodeSessionsReply.desired", ADMIN_AS_WORD)
+        .field_attribute(".lbfleet.v1.NodeView.admin", ADMIN_AS_WORD)
         .compile_fds(descriptors)?;
     Ok(())
 }
 
+/// Admin states as "ready", "drain" or "maint" in the CLI's JSON.
+const ADMIN_AS_WORD: &str = "#[serde(serialize_with = \"crate::pb_impl::serialize_admin\")]";
 const DIGEST_AS_HEX: &str = "#[serde(serialize_with = \"crate::digest::serialize_hex\")]";

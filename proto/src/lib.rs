@@ -22,6 +22,7 @@ pub use fqdn::Fqdn;
 pub use fqdn::FqdnError;
 pub use identity::Identity;
 pub use identity::Role;
+pub use pb_impl::admin_word;
 
 /// Generated protobuf messages and tonic clients/servers.
 pub mod pb {

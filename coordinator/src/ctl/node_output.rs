@@ -1,22 +1,13 @@
 //! How the CLI prints nodes: a cluster's topology with each node's server id and admin state,
 //! and the end of a wait for a drain. Aligned text for people, JSON for scripts.
 
+use lbfleet_proto::admin_word;
 use lbfleet_proto::pb;
 use serde::Serialize;
 
 use super::drain::DrainEnd;
 use super::drain::DrainWait;
 use super::output::print_json;
-
-/// The word for a wire admin state, as HAProxy and the agents spell it.
-pub fn admin_name(state: i32) -> &'static str {
-    match pb::AdminState::try_from(state) {
-        Ok(pb::AdminState::AdminReady) => "ready",
-        Ok(pb::AdminState::AdminDrain) => "drain",
-        Ok(pb::AdminState::AdminMaint) => "maint",
-        Err(_) => "unknown",
-    }
-}
 
 /// `node drain --wait --json` (and the wait before `node remove`).
 #[derive(Serialize)]
@@ -47,7 +38,7 @@ impl<'a> DrainJson<'a> {
     fn new(wait: &'a DrainWait) -> DrainJson<'a> {
         DrainJson {
             node: &wait.node,
-            desired: admin_name(wait.last.desired),
+            desired: admin_word(wait.last.desired),
             backend: &wait.last.backend,
             drained: wait.end == DrainEnd::Drained,
             end: match wait.end {
@@ -75,7 +66,7 @@ pub fn drained_line(wait: &DrainWait) -> String {
     if hosts == 0 {
         return format!("{} drained: its cluster has no LB hosts", wait.node);
     }
-    let what = match admin_name(wait.last.desired) {
+    let what = match admin_word(wait.last.desired) {
         "maint" => "in maint with no sessions",
         _ => "drained",
     };
@@ -136,7 +127,7 @@ impl<'a> ClusterShowJson<'a> {
                     address: &n.address,
                     container: &n.container,
                     server_id: n.server_id,
-                    admin: admin_name(n.admin),
+                    admin: admin_word(n.admin),
                 })
                 .collect(),
             bindings: view.bindings.len(),
@@ -182,7 +173,7 @@ pub fn cluster_show(json: bool, view: &pb::ClusterView) {
             node.host,
             node.address,
             node.server_id,
-            admin_name(node.admin),
+            admin_word(node.admin),
             if node.container.is_empty() { "-" } else { &node.container }
         );
     }
@@ -199,7 +190,7 @@ mod tests {
             host: format!("lb-{i}"),
             answered: true,
             found: true,
-            admin: admin_name(desired.into()).into(),
+            admin: admin_word(desired.into()).into(),
             ..Default::default()
         };
         DrainWait {
@@ -268,6 +259,5 @@ mod tests {
         assert_eq!(value["nodes"][0]["admin"], "maint");
         assert_eq!(value["nodes"][0]["server_id"], 3);
         assert_eq!(value["shards"][0]["bindings"], 1);
-        assert_eq!(admin_name(7), "unknown");
     }
 }

@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::import::ImportPlan;
 use super::import::ImportReport;
-use super::node_output;
 use super::snapshot::SnapshotReport;
 use crate::snapshot_file::SnapshotHeader;
 
@@ -55,7 +54,7 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
             .nodes
             .iter()
             .filter(|n| n.shard == shard.name)
-            .map(|n| match node_output::admin_name(n.admin) {
+            .map(|n| match lbfleet_proto::admin_word(n.admin) {
                 "ready" => format!("{} ({})", n.name, n.address),
                 admin => format!("{} ({}, {admin})", n.name, n.address),
             })
