@@ -49,6 +49,8 @@ const BURST_SHARD: &str = "burst";
 /// The LB host whose agent keeps its default reload interval, and the one with no interval.
 const COALESCED: &str = "lb-default";
 const EAGER: &str = "lb-no-interval";
+/// "At most a few reloads" for a burst, at the agent's default interval.
+const BURST_TARGET: u64 = 5;
 /// The calm before each burst: longer than the agent's default reload interval (2 s).
 const QUIET: Duration = Duration::from_secs(3);
 /// A burst not live on both hosts after this long fails the benchmark.
@@ -422,6 +424,15 @@ fn print_report(r: &Report) {
     for burst in &r.bursts {
         print_burst(burst);
     }
+    let worst =
+        r.bursts.iter().flat_map(|b| &b.hosts).filter(|h| h.reload_min_interval.is_none()).map(|h| h.reloads).max();
+    let met = worst.is_some_and(|w| w <= BURST_TARGET);
+    println!(
+        "\ntarget: a burst of {} node changes costs at most {BURST_TARGET} reloads at the default interval: {} (worst {})",
+        r.bursts.first().map(|b| b.changes).unwrap_or(0),
+        if met { "PASS" } else { "MISS" },
+        worst.map(|w| w.to_string()).unwrap_or_else(|| "-".into())
+    );
 }
 
 fn print_burst(b: &Burst) {
