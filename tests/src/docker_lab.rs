@@ -448,11 +448,18 @@ pub struct AgentOptions {
     pub report_interval: f64,
     /// `LBFLEET_LOG` for the agent.
     pub log_filter: String,
+    /// `--reload-min-interval`, seconds; `None` leaves the agent's default.
+    pub reload_min_interval: Option<f64>,
 }
 
 impl Default for AgentOptions {
     fn default() -> AgentOptions {
-        AgentOptions { reconcile_interval: 0.5, report_interval: 1.0, log_filter: "info".into() }
+        AgentOptions {
+            reconcile_interval: 0.5,
+            report_interval: 1.0,
+            log_filter: "info".into(),
+            reload_min_interval: None,
+        }
     }
 }
 
@@ -476,7 +483,11 @@ impl AgentProcess {
         log_path: PathBuf,
     ) -> anyhow::Result<AgentProcess> {
         let log = File::options().create(true).append(true).open(&log_path)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(seconds) = options.reload_min_interval {
+            command.args(["--reload-min-interval", &seconds.to_string()]);
+        }
+        let child = command
             .args(["--host-id", host_id, "--endpoints", &endpoints.join(",")])
             .arg("--tls-dir")
             .arg(tls_dir)

@@ -242,8 +242,12 @@ async fn run(args: &Args, lbfleet: &Path, agent: &Path) -> anyhow::Result<Report
     let options =
         ClusterOptions { binary: lbfleet.to_path_buf(), log_filter: Some("warn".into()), ..ClusterOptions::default() };
     // The agent's own defaults: reconcile every 10 s, report every 5 s.
-    let agent_options =
-        AgentOptions { reconcile_interval: 10.0, report_interval: 5.0, log_filter: args.agent_log.clone() };
+    let agent_options = AgentOptions {
+        reconcile_interval: 10.0,
+        report_interval: 5.0,
+        log_filter: args.agent_log.clone(),
+        reload_min_interval: None,
+    };
     let hosts: Vec<(&str, AgentOptions)> = HOSTS.iter().map(|h| (*h, agent_options.clone())).collect();
     let fleet = Fleet::start("agent-bench", options, agent, SHARD, &hosts).await?;
     let client = fleet.client().await?;
