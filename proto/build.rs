@@ -23,5 +23,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Admin states as "ready", "drain" or "maint" in the CLI's JSON.
-const ADMIN_AS_WORD: &str = "#[serde(serialize_with = \"crate::pb_impl::serialize_admin\")]";
+const ADMIN_AS_WORD: &str = "#[serde(serialize_with = \"crate::admin_state::serialize_admin\")]";
 const DIGEST_AS_HEX: &str = "#[serde(serialize_with = \"crate::digest::serialize_hex\")]";

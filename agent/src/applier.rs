@@ -16,7 +16,6 @@ use tracing::warn;
 use crate::admin::admin_changes;
 use crate::admin::admin_states_differ;
 use crate::config::AgentConfig;
-use crate::desired::AdminState;
 use crate::desired::Backend;
 use crate::desired::DesiredState;
 use crate::desired::MapChange;
@@ -623,25 +622,12 @@ fn topology_from_pb(topology: &pb::AgentTopology) -> Topology {
             servers: b
                 .servers
                 .iter()
-                .map(|s| Server {
-                    name: s.name.clone(),
-                    address: s.address.clone(),
-                    id: s.id,
-                    admin: admin_from_pb(s.admin()),
-                })
+                .map(|s| Server { name: s.name.clone(), address: s.address.clone(), id: s.id, admin: s.admin().into() })
                 .collect(),
         })
         .collect();
     backends.sort_by(|a, b| a.name.cmp(&b.name));
     Topology { map_path: topology.map_path.clone(), backends }
-}
-
-fn admin_from_pb(admin: pb::AdminState) -> AdminState {
-    match admin {
-        pb::AdminState::AdminReady => AdminState::Ready,
-        pb::AdminState::AdminDrain => AdminState::Drain,
-        pb::AdminState::AdminMaint => AdminState::Maint,
-    }
 }
 
 fn unix_ms() -> i64 {

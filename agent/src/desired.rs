@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+pub use lbfleet_proto::AdminState;
+
 /// HAProxy map contents: FQDN -> backend name (`shard-NAME`).
 pub type MapEntries = BTreeMap<String, String>;
 
@@ -16,35 +18,6 @@ pub struct Server {
     pub id: u32,
     /// The node's admin state; applied through the runtime API, never rendered into the config.
     pub admin: AdminState,
-}
-
-/// A server's forced admin state, as `set server <backend>/<server> state <word>` names it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum AdminState {
-    /// Takes new requests.
-    #[default]
-    Ready,
-    /// Finishes what it has, takes no new requests.
-    Drain,
-    /// Out of service: no requests, no checks.
-    Maint,
-}
-
-impl AdminState {
-    /// The word of `set server ... state`, also used in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Ready => "ready",
-            AdminState::Drain => "drain",
-            AdminState::Maint => "maint",
-        }
-    }
-}
-
-impl std::fmt::Display for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// One shard's backend.

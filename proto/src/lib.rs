@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
+pub mod admin_state;
 pub mod backoff;
 pub mod credentials;
 pub mod digest;
@@ -17,12 +18,13 @@ pub mod tls;
 pub mod tls_io;
 pub mod transport;
 
+pub use admin_state::admin_word;
+pub use admin_state::AdminState;
 pub use digest::MapDigest;
 pub use fqdn::Fqdn;
 pub use fqdn::FqdnError;
 pub use identity::Identity;
 pub use identity::Role;
-pub use pb_impl::admin_word;
 
 /// Generated protobuf messages and tonic clients/servers.
 pub mod pb {

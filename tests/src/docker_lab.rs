@@ -18,6 +18,11 @@ use std::time::Duration;
 
 use anyhow::bail;
 use anyhow::Context;
+use lbfleet_agent::docker::DockerHost;
+use lbfleet_agent::haproxy::Haproxy;
+use lbfleet_agent::haproxy::HaproxyTarget;
+use lbfleet_agent::haproxy::ReloadMode;
+use lbfleet_agent::haproxy::RuntimeMode;
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
@@ -135,6 +140,24 @@ impl HaproxyBox {
     pub fn http(&self) -> anyhow::Result<SocketAddr> {
         let port = docker(&["port", &self.container, "80/tcp"])?;
         port.lines().find_map(|line| line.parse().ok()).with_context(|| format!("no published port in {port:?}"))
+    }
+
+    /// The agent's HAProxy driver for this container, given the directories it mounts, once its
+    /// runtime API answers. The socket directory is always given: when it is not mounted it stays
+    /// empty, and `RuntimeMode::Auto` must then pick exec.
+    pub async fn driver(&self, mode: RuntimeMode, reload: ReloadMode) -> anyhow::Result<Haproxy> {
+        let docker = DockerHost::connect(None).await?;
+        let target = HaproxyTarget {
+            container: self.container.clone(),
+            socket_dir: Some(self.socket_dir.clone()),
+            map_dir: self.mounts.maps.then(|| self.map_dir.clone()),
+            config_dir: self.mounts.config.then(|| self.config_dir.clone()),
+            map_path: MAP_PATH.to_owned(),
+            reload,
+        };
+        let haproxy = Haproxy::new(target, Some(docker), mode);
+        wait_for("HAProxy's runtime API", READY, || async { haproxy.show_map().await.ok() }).await?;
+        Ok(haproxy)
     }
 
     /// The admin socket as seen from the host.

@@ -18,7 +18,6 @@ use lbfleet_agent::docker::DockerHost;
 use lbfleet_agent::haproxy::AdminChange;
 use lbfleet_agent::haproxy::Haproxy;
 use lbfleet_agent::haproxy::HaproxyError;
-use lbfleet_agent::haproxy::HaproxyTarget;
 use lbfleet_agent::haproxy::ReloadMode;
 use lbfleet_agent::haproxy::RuntimeChange;
 use lbfleet_agent::haproxy::RuntimeMode;
@@ -27,7 +26,6 @@ use lbfleet_proto::names::lb_backend;
 use lbfleet_tests::docker_lab::docker;
 use lbfleet_tests::docker_lab::docker_available;
 use lbfleet_tests::docker_lab::http_get;
-use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::MAP_PATH;
@@ -35,22 +33,6 @@ use lbfleet_tests::docker_lab::READY;
 use lbfleet_tests::measure::per_second;
 use lbfleet_tests::measure::percentiles;
 use lbfleet_tests::poll::wait_for;
-
-async fn driver(lb: &HaproxyBox, mode: RuntimeMode, reload: ReloadMode) -> Haproxy {
-    let docker = DockerHost::connect(None).await.expect("Docker reachable");
-    let target = HaproxyTarget {
-        container: lb.container.clone(),
-        // Always set: when not mounted the directory stays empty and Auto must pick exec.
-        socket_dir: Some(lb.socket_dir.clone()),
-        map_dir: lb.mounts.maps.then(|| lb.map_dir.clone()),
-        config_dir: lb.mounts.config.then(|| lb.config_dir.clone()),
-        map_path: MAP_PATH.to_owned(),
-        reload,
-    };
-    let haproxy = Haproxy::new(target, Some(docker), mode);
-    wait_for("the admin socket", READY, || async { haproxy.show_map().await.ok() }).await.expect("HAProxy answers");
-    haproxy
-}
 
 fn add(fqdn: &str, backend: &str) -> RuntimeChange {
     RuntimeChange::Add { fqdn: fqdn.into(), backend: backend.into() }
@@ -85,7 +67,7 @@ async fn runtime_add_set_del_with_missing_keys_and_duplicates() {
     }
     let mut lab = Lab::new("runtime").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Auto, ReloadMode::Hitless).await.expect("HAProxy answers");
     assert_eq!(haproxy.runtime_path(), RuntimeMode::Socket);
 
     let report = haproxy
@@ -155,7 +137,7 @@ async fn replace_runtime_map_swaps_100k_entries() {
     }
     let mut lab = Lab::new("replace").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Auto, ReloadMode::Hitless).await.expect("HAProxy answers");
     haproxy.apply_runtime(&[add("stale.example.com", "shard-old")]).await.expect("stale entry");
 
     let map = big_map(100_000);
@@ -194,7 +176,7 @@ async fn map_file_survives_a_restart_and_runtime_only_entries_do_not() {
     }
     let mut lab = Lab::new("restart").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Auto, ReloadMode::Hitless).await.expect("HAProxy answers");
     let docker = DockerHost::connect(None).await.expect("docker");
 
     let file_map: MapEntries = [("a.example.com", "shard-web-1"), ("b.example.com", "shard-web-2")]
@@ -244,7 +226,7 @@ async fn apply_config_routes_to_a_node_and_refuses_an_invalid_config() {
     let mut lab = Lab::new("config").expect("lab");
     let node = lab.start_node("web-1-node-0", "web-1").expect("node");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Auto, ReloadMode::Hitless).await.expect("HAProxy answers");
 
     let backend = |servers: Vec<Server>| Backend { name: "shard-web-1".into(), servers };
     let server = |address: String| Server { name: "web-1-node-0".into(), address, id: 1, admin: AdminState::Ready };
@@ -311,7 +293,7 @@ async fn a_container_stopped_by_a_broken_config_starts_again_with_the_rendered_o
     }
     let mut lab = Lab::new("stopped").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Auto, ReloadMode::Hitless).await.expect("HAProxy answers");
     let topology =
         Topology { map_path: MAP_PATH.into(), backends: vec![Backend { name: "shard-web-1".into(), servers: vec![] }] };
     let map: MapEntries = [("site.example.com".to_owned(), "shard-web-1".to_owned())].into();
@@ -360,7 +342,7 @@ async fn exec_fallback_without_shared_directories() {
     let mut lab = Lab::new("exec").expect("lab");
     let node = lab.start_node("web-1-node-0", "web-1").expect("node");
     let lb = lab.start_haproxy("lb", Mounts::NONE).expect("haproxy");
-    let haproxy = driver(&lb, RuntimeMode::Auto, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Auto, ReloadMode::Hitless).await.expect("HAProxy answers");
     assert_eq!(haproxy.runtime_path(), RuntimeMode::Exec, "no admin.sock on the host");
 
     let report = haproxy

@@ -12,16 +12,13 @@ use lbfleet_agent::desired::Backend;
 use lbfleet_agent::desired::MapEntries;
 use lbfleet_agent::desired::Server;
 use lbfleet_agent::desired::Topology;
-use lbfleet_agent::docker::DockerHost;
 use lbfleet_agent::haproxy::AdminChange;
 use lbfleet_agent::haproxy::Haproxy;
-use lbfleet_agent::haproxy::HaproxyTarget;
 use lbfleet_agent::haproxy::ReloadMode;
 use lbfleet_agent::haproxy::RuntimeMode;
 use lbfleet_agent::haproxy::ServerStat;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::coordinator_message::Kind;
-use lbfleet_tests::docker_lab::docker;
 use lbfleet_tests::docker_lab::docker_available;
 use lbfleet_tests::docker_lab::http_get;
 use lbfleet_tests::docker_lab::HaproxyBox;
@@ -32,34 +29,6 @@ use lbfleet_tests::docker_lab::READY;
 use lbfleet_tests::poll::wait_for;
 
 const SITE: &str = "site.example.com";
-
-fn target(lb: &HaproxyBox, reload: ReloadMode) -> HaproxyTarget {
-    HaproxyTarget {
-        container: lb.container.clone(),
-        socket_dir: Some(lb.socket_dir.clone()),
-        map_dir: Some(lb.map_dir.clone()),
-        config_dir: Some(lb.config_dir.clone()),
-        map_path: MAP_PATH.to_owned(),
-        reload,
-    }
-}
-
-async fn driver(lb: &HaproxyBox, reload: ReloadMode) -> Haproxy {
-    let docker = DockerHost::connect(None).await.expect("Docker reachable");
-    let haproxy = Haproxy::new(target(lb, reload), Some(docker), RuntimeMode::Socket);
-    wait_for("the admin socket", READY, || async { haproxy.show_map().await.ok() }).await.expect("HAProxy answers");
-    haproxy
-}
-
-/// The container's address on the lab network. Servers given by IP: HAProxy's resolvers refuse
-/// one IP to two servers of a backend, which these tests give several names.
-fn ip_of(container: &str) -> String {
-    let format = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}";
-    let ip = docker(&["inspect", "-f", format, container]).expect("inspect");
-    let ip = ip.trim().to_owned();
-    assert!(ip.parse::<std::net::IpAddr>().is_ok(), "no IP for {container}: {ip:?}");
-    ip
-}
 
 fn server(name: &str, address: &str, id: u32) -> Server {
     Server { name: name.into(), address: address.into(), id, admin: AdminState::Ready }
@@ -98,8 +67,9 @@ async fn health_drain_and_maint_carry_over_a_reload_and_a_restart() {
     }
     let mut lab = Lab::new("carry").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let node = ip_of(&lab.start_node("n0", "a").expect("node"));
-    let haproxy = driver(&lb, ReloadMode::Hitless).await;
+    let node = lab.start_node("n0", "a").expect("node");
+    let node = lab.ip(&node).expect("node address");
+    let haproxy = lb.driver(RuntimeMode::Socket, ReloadMode::Hitless).await.expect("HAProxy answers");
     // Nothing listens on :81: that server fails its checks.
     let shard_a = vec![
         server("up", &format!("{node}:80"), 1),
@@ -134,7 +104,7 @@ async fn health_drain_and_maint_carry_over_a_reload_and_a_restart() {
     assert!(settled(&after), "right after the reload: {after:?}");
 
     // The stop + start mode saves the state before the stop.
-    let restarting = driver(&lb, ReloadMode::Restart).await;
+    let restarting = lb.driver(RuntimeMode::Socket, ReloadMode::Restart).await.expect("HAProxy answers");
     let third = topology(vec![("shard-a", shard_a), ("shard-c", vec![server("c0", &format!("{node}:80"), 1)])]);
     assert!(restarting.apply_config(&third).await.expect("restarted"));
     let after = states(&restarting).await;
@@ -150,11 +120,11 @@ async fn a_changed_address_is_used_after_the_reload_despite_the_state_file() {
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
     let n0 = lab.start_node("n0", "a").expect("node");
     let n1 = lab.start_node("n1", "a").expect("node");
-    let haproxy = driver(&lb, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Socket, ReloadMode::Hitless).await.expect("HAProxy answers");
     haproxy.write_map_file(&[(SITE.to_owned(), "shard-a".to_owned())].into()).await.expect("map file");
     // `s` moves from n0 to n1 by name; `t` (in a shard of its own, out of the traffic) moves by
     // IP from a port nothing listens on to a live one.
-    let n1_ip = ip_of(&n1);
+    let n1_ip = lab.ip(&n1).expect("node address");
     let on = |node: &str, t_port: u16| {
         let t = server("t", &format!("{n1_ip}:{t_port}"), 2);
         topology(vec![("shard-a", vec![server("s", &format!("{node}:80"), 1)]), ("shard-t", vec![t])])
@@ -234,8 +204,9 @@ async fn an_admin_change_applies_without_a_reload() {
     }
     let mut lab = Lab::new("admin").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let node = ip_of(&lab.start_node("n0", "a").expect("node"));
-    let haproxy = driver(&lb, ReloadMode::Hitless).await;
+    let node = lab.start_node("n0", "a").expect("node");
+    let node = lab.ip(&node).expect("node address");
+    let haproxy = lb.driver(RuntimeMode::Socket, ReloadMode::Hitless).await.expect("HAProxy answers");
     let mut applier = Applier::new(agent_config(&lb, Duration::from_secs(1))).await;
     let address = format!("{node}:80");
     let with = |admin| agent_topology(&lb, vec![spec("n0", &address, 7, admin), spec("n1", &address, 8, admin)]);
@@ -284,8 +255,9 @@ async fn a_burst_of_topology_changes_costs_few_reloads() {
     }
     let mut lab = Lab::new("burst").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
-    let node = ip_of(&lab.start_node("n0", "a").expect("node"));
-    let haproxy = driver(&lb, ReloadMode::Hitless).await;
+    let node = lab.start_node("n0", "a").expect("node");
+    let node = lab.ip(&node).expect("node address");
+    let haproxy = lb.driver(RuntimeMode::Socket, ReloadMode::Hitless).await.expect("HAProxy answers");
     let min_interval = Duration::from_secs(1);
     let mut applier = Applier::new(agent_config(&lb, min_interval)).await;
     let address = format!("{node}:80");
@@ -384,7 +356,7 @@ async fn stable_server_ids_move_only_the_removed_nodes_sites() {
     let mut lab = Lab::new("hashing").expect("lab");
     let lb = lab.start_haproxy("lb", Mounts::ALL).expect("haproxy");
     let nodes: Vec<String> = (0..4).map(|i| lab.start_node(&format!("n{i}"), "a").expect("node")).collect();
-    let haproxy = driver(&lb, ReloadMode::Hitless).await;
+    let haproxy = lb.driver(RuntimeMode::Socket, ReloadMode::Hitless).await.expect("HAProxy answers");
     let fqdns: MapEntries = (0..200).map(|i| (format!("site-{i:03}.example.com"), "shard-a".to_owned())).collect();
     haproxy.write_map_file(&fqdns).await.expect("map file");
     let http = lb.http().expect("published port");

@@ -2,6 +2,7 @@
 //! swapping it in and reloading.
 
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -251,12 +252,23 @@ impl Haproxy {
     }
 
     async fn remove_candidate(&self, candidate: &str) {
-        let result = match self.config_file() {
-            Some(path) => std::fs::remove_file(path.with_file_name("haproxy.cfg.candidate"))
-                .map_err(|source| HaproxyError::File { op: "remove", path, source }),
-            None => match self.docker("removing the config candidate") {
+        let host_candidate = self.config_file().map(|path| path.with_file_name("haproxy.cfg.candidate"));
+        self.remove_file(host_candidate, candidate, "config candidate").await;
+    }
+
+    /// Removes a file of the container, best effort: through the shared directory when there is
+    /// one (`host_path`), else with `rm -f` in the container. A file already gone is fine.
+    pub(super) async fn remove_file(&self, host_path: Option<PathBuf>, in_container: &str, what: &'static str) {
+        let result = match host_path {
+            Some(path) => match std::fs::remove_file(&path) {
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    Err(HaproxyError::File { op: "remove", path, source })
+                }
+                _ => Ok(()),
+            },
+            None => match self.docker("removing a file in the container") {
                 Ok(docker) => docker
-                    .exec(&self.target.container, &["rm", "-f", candidate], None)
+                    .exec(&self.target.container, &["rm", "-f", in_container], None)
                     .await
                     .map(drop)
                     .map_err(Into::into),
@@ -264,7 +276,7 @@ impl Haproxy {
             },
         };
         if let Err(error) = result {
-            warn!(%error, container = %self.target.container, "config candidate not removed");
+            warn!(%error, container = %self.target.container, "{what} not removed");
         }
     }
 

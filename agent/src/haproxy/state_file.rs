@@ -85,24 +85,6 @@ impl Haproxy {
 
     /// Removes the state file, best effort: HAProxy starts without one (a notice only).
     async fn remove_server_state(&self) {
-        let result = match self.server_state_file() {
-            Some(path) => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(HaproxyError::File { op: "remove", path, source: e })
-                }
-                _ => Ok(()),
-            },
-            None => match self.docker("removing the server state file") {
-                Ok(docker) => docker
-                    .exec(&self.target.container, &["rm", "-f", SERVER_STATE_PATH_IN_CONTAINER], None)
-                    .await
-                    .map(drop)
-                    .map_err(Into::into),
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(error) = result {
-            warn!(%error, container = %self.target.container, "server state file not removed");
-        }
+        self.remove_file(self.server_state_file(), SERVER_STATE_PATH_IN_CONTAINER, "server state file").await;
     }
 }

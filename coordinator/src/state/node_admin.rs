@@ -1,66 +1,13 @@
 //! A node's administrative state and its HAProxy server id: what lets an operator take a node
 //! out of service gently, and keeps consistent hashing stable while nodes come and go.
 
-use std::fmt;
-
-use lbfleet_proto::pb;
-use serde::Deserialize;
-use serde::Serialize;
+pub use lbfleet_proto::AdminState;
 
 use super::not_found;
 use super::ObjectKind;
 use super::Response;
 use super::State;
 use super::StateError;
-
-/// What HAProxy should do with a node's server, applied by the agents through the runtime API.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AdminState {
-    /// Takes new requests.
-    #[default]
-    Ready,
-    /// Finishes the requests it has and takes no new ones.
-    Drain,
-    /// Out of service: no requests, no health checks.
-    Maint,
-}
-
-impl AdminState {
-    /// The word HAProxy's runtime API and the agents' reports use for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Ready => "ready",
-            AdminState::Drain => "drain",
-            AdminState::Maint => "maint",
-        }
-    }
-}
-
-impl fmt::Display for AdminState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<AdminState> for pb::AdminState {
-    fn from(state: AdminState) -> pb::AdminState {
-        match state {
-            AdminState::Ready => pb::AdminState::AdminReady,
-            AdminState::Drain => pb::AdminState::AdminDrain,
-            AdminState::Maint => pb::AdminState::AdminMaint,
-        }
-    }
-}
-
-impl From<pb::AdminState> for AdminState {
-    fn from(state: pb::AdminState) -> AdminState {
-        match state {
-            pb::AdminState::AdminReady => AdminState::Ready,
-            pb::AdminState::AdminDrain => AdminState::Drain,
-            pb::AdminState::AdminMaint => AdminState::Maint,
-        }
-    }
-}
 
 impl State {
     /// The server id a new node of `shard` gets: one above the highest its current nodes hold.

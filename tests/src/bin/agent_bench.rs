@@ -16,9 +16,7 @@ use anyhow::bail;
 use anyhow::Context;
 use clap::Parser;
 use lbfleet_agent::desired::MapEntries;
-use lbfleet_agent::docker::DockerHost;
 use lbfleet_agent::haproxy::Haproxy;
-use lbfleet_agent::haproxy::HaproxyTarget;
 use lbfleet_agent::haproxy::ReloadMode;
 use lbfleet_agent::haproxy::RuntimeChange;
 use lbfleet_agent::haproxy::RuntimeMode;
@@ -34,7 +32,6 @@ use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::MAP_PATH;
-use lbfleet_tests::docker_lab::READY;
 use lbfleet_tests::measure::per_second;
 use lbfleet_tests::measure::percentiles;
 use lbfleet_tests::poll::wait_for;
@@ -226,8 +223,8 @@ async fn run(args: &Args, lbfleet: &Path, agent: &Path) -> anyhow::Result<Report
         let mut lab = Lab::new("agent-bench")?;
         let lb = lab.start_haproxy("driver", Mounts::ALL)?;
         let exec_lb = lab.start_haproxy("exec", Mounts::NONE)?;
-        let socket = driver(&lb, RuntimeMode::Socket).await?;
-        let exec = driver(&exec_lb, RuntimeMode::Exec).await?;
+        let socket = lb.driver(RuntimeMode::Socket, ReloadMode::Hitless).await?;
+        let exec = exec_lb.driver(RuntimeMode::Exec, ReloadMode::Hitless).await?;
 
         eprintln!("seed path: {} changes, one docker exec each", args.seed_changes);
         let seed_path = seed_path(&lb, args.seed_changes, cap).await?;
@@ -317,22 +314,6 @@ async fn run(args: &Args, lbfleet: &Path, agent: &Path) -> anyhow::Result<Report
 
 fn target(what: &str, target: &str, met: bool, measured: String) -> Target {
     Target { what: what.into(), target: target.into(), measured, met }
-}
-
-/// The agent's HAProxy driver for one of the lab's containers, once HAProxy answers.
-async fn driver(lb: &HaproxyBox, mode: RuntimeMode) -> anyhow::Result<Haproxy> {
-    let docker = DockerHost::connect(None).await?;
-    let target = HaproxyTarget {
-        container: lb.container.clone(),
-        socket_dir: lb.mounts.sockets.then(|| lb.socket_dir.clone()),
-        map_dir: lb.mounts.maps.then(|| lb.map_dir.clone()),
-        config_dir: lb.mounts.config.then(|| lb.config_dir.clone()),
-        map_path: MAP_PATH.to_owned(),
-        reload: ReloadMode::Hitless,
-    };
-    let haproxy = Haproxy::new(target, Some(docker), mode);
-    wait_for("HAProxy's runtime API", READY, || async { haproxy.show_map().await.ok() }).await?;
-    Ok(haproxy)
 }
 
 /// The seed's path, as it ran in production: `docker exec <haproxy> sh -c 'echo "..." | socat ...'` per change.

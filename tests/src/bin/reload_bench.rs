@@ -18,9 +18,7 @@ use lbfleet_agent::desired::AdminState;
 use lbfleet_agent::desired::Backend;
 use lbfleet_agent::desired::Server;
 use lbfleet_agent::desired::Topology;
-use lbfleet_agent::docker::DockerHost;
 use lbfleet_agent::haproxy::Haproxy;
-use lbfleet_agent::haproxy::HaproxyTarget;
 use lbfleet_agent::haproxy::ReloadMode;
 use lbfleet_agent::haproxy::RuntimeMode;
 use lbfleet_agent::haproxy::CONFIG_PATH_IN_CONTAINER;
@@ -35,7 +33,6 @@ use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::MAP_PATH;
-use lbfleet_tests::docker_lab::READY;
 use lbfleet_tests::measure::percentile;
 use lbfleet_tests::poll::wait_for;
 use lbfleet_tests::process::target_dir;
@@ -325,8 +322,8 @@ fn topology(shards: usize, per_shard: usize, nodes: &[String], round: usize) -> 
 }
 
 async fn config_change(args: &Args, lb: &HaproxyBox, nodes: &[String]) -> anyhow::Result<ConfigChange> {
-    let hitless = driver(lb, ReloadMode::Hitless).await?;
-    let restart = driver(lb, ReloadMode::Restart).await?;
+    let hitless = lb.driver(RuntimeMode::Socket, ReloadMode::Hitless).await?;
+    let restart = lb.driver(RuntimeMode::Socket, ReloadMode::Restart).await?;
     let (mut render, mut validate, mut apply, mut reload, mut restarts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut config_bytes = 0;
@@ -390,22 +387,6 @@ fn validate_copy(lb: &HaproxyBox, rendered: &str) -> anyhow::Result<Duration> {
     let elapsed = started.elapsed();
     std::fs::remove_file(lb.config_dir.join(name)).context("removing the config copy")?;
     Ok(elapsed)
-}
-
-/// The agent's HAProxy driver for the lab's container, once HAProxy answers.
-async fn driver(lb: &HaproxyBox, reload: ReloadMode) -> anyhow::Result<Haproxy> {
-    let docker = DockerHost::connect(None).await?;
-    let target = HaproxyTarget {
-        container: lb.container.clone(),
-        socket_dir: Some(lb.socket_dir.clone()),
-        map_dir: Some(lb.map_dir.clone()),
-        config_dir: Some(lb.config_dir.clone()),
-        map_path: MAP_PATH.to_owned(),
-        reload,
-    };
-    let haproxy = Haproxy::new(target, Some(docker), RuntimeMode::Socket);
-    wait_for("HAProxy's runtime API", READY, || async { haproxy.show_map().await.ok() }).await?;
-    Ok(haproxy)
 }
 
 fn ms(d: Duration) -> f64 {
