@@ -1,6 +1,7 @@
 //! Helpers shared by lbfleet's cross-process tests and benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod compose_fleet;
 pub mod docker_lab;
 pub mod frozen;

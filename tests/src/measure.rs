@@ -17,6 +17,11 @@ pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     (percentile(samples, 0.50), percentile(samples, 0.99))
 }
 
+/// A duration in milliseconds, as figures print it.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// Operations per second.
 pub fn per_second(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(f64::EPSILON)

@@ -3,7 +3,6 @@
 //! in the same run (see tests/bench/README.md).
 #![forbid(unsafe_code)]
 
-use std::fs::File;
 use std::io::Read;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -25,6 +24,9 @@ use lbfleet_coordinator::ctl::import;
 use lbfleet_proto::names::lb_backend;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
+use lbfleet_tests::bench::release_binaries;
+use lbfleet_tests::bench::until_interrupted;
+use lbfleet_tests::bench::write_json;
 use lbfleet_tests::docker_lab::docker_available;
 use lbfleet_tests::docker_lab::AgentOptions;
 use lbfleet_tests::docker_lab::Fleet;
@@ -32,10 +34,10 @@ use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::MAP_PATH;
+use lbfleet_tests::measure::ms;
 use lbfleet_tests::measure::per_second;
 use lbfleet_tests::measure::percentiles;
 use lbfleet_tests::poll::wait_for;
-use lbfleet_tests::process::target_dir;
 use lbfleet_tests::process::ClusterOptions;
 use serde::Serialize;
 
@@ -196,24 +198,10 @@ async fn main() -> anyhow::Result<()> {
     if !docker_available() {
         bail!("the agent benchmark needs Docker and the lbfleet images (docker/build-images.sh)");
     }
-    let lbfleet = args.lbfleet_bin.clone().unwrap_or_else(|| target_dir().join("release/lbfleet"));
-    let agent = args.agent_bin.clone().unwrap_or_else(|| target_dir().join("release/lbfleet-agent"));
-    for binary in [&lbfleet, &agent] {
-        anyhow::ensure!(binary.is_file(), "{} is missing: cargo build --release --bins", binary.display());
-    }
-    // Dropping the benchmark's future on Ctrl-C or SIGTERM removes its containers and processes.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let report = tokio::select! {
-        report = run(&args, &lbfleet, &agent) => report?,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
-        _ = term.recv() => bail!("terminated"),
-    };
+    let (lbfleet, agent) = release_binaries(args.lbfleet_bin.clone(), args.agent_bin.clone())?;
+    let report = until_interrupted(run(&args, &lbfleet, &agent)).await?;
     print_report(&args, &report);
-    if let Some(path) = &args.json {
-        serde_json::to_writer_pretty(File::create(path)?, &report)?;
-        println!("\nwrote {}", path.display());
-    }
-    Ok(())
+    write_json(args.json.as_deref(), &report)
 }
 
 async fn run(args: &Args, lbfleet: &Path, agent: &Path) -> anyhow::Result<Report> {
@@ -546,10 +534,6 @@ async fn import_to_live(
         seed_extrapolated_seconds: seed.latency.mean_ms / 1000.0 * fqdns as f64,
         seed_measured_changes: seed.latency.samples,
     })
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn ratio(slow: f64, fast: f64) -> String {

@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +24,9 @@ use lbfleet_agent::haproxy::CONFIG_PATH_IN_CONTAINER;
 use lbfleet_coordinator::ctl::client::Client;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
+use lbfleet_tests::bench::release_binaries;
+use lbfleet_tests::bench::until_interrupted;
+use lbfleet_tests::bench::write_json;
 use lbfleet_tests::docker_lab::docker;
 use lbfleet_tests::docker_lab::docker_available;
 use lbfleet_tests::docker_lab::AgentOptions;
@@ -33,9 +35,9 @@ use lbfleet_tests::docker_lab::HaproxyBox;
 use lbfleet_tests::docker_lab::Lab;
 use lbfleet_tests::docker_lab::Mounts;
 use lbfleet_tests::docker_lab::MAP_PATH;
+use lbfleet_tests::measure::ms;
 use lbfleet_tests::measure::percentile;
 use lbfleet_tests::poll::wait_for;
-use lbfleet_tests::process::target_dir;
 use lbfleet_tests::process::ClusterOptions;
 use serde::Serialize;
 
@@ -160,24 +162,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("the reload benchmark needs Docker and the lbfleet images (docker/build-images.sh)");
     }
     anyhow::ensure!(args.rounds > 0 && args.shards > 0 && args.nodes_per_shard > 0, "counts must be positive");
-    let lbfleet = args.lbfleet_bin.clone().unwrap_or_else(|| target_dir().join("release/lbfleet"));
-    let agent = args.agent_bin.clone().unwrap_or_else(|| target_dir().join("release/lbfleet-agent"));
-    for binary in [&lbfleet, &agent] {
-        anyhow::ensure!(binary.is_file(), "{} is missing: cargo build --release --bins", binary.display());
-    }
-    // Dropping the benchmark's future on Ctrl-C or SIGTERM removes its containers.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let report = tokio::select! {
-        report = run(&args, &lbfleet, &agent) => report?,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
-        _ = term.recv() => bail!("terminated"),
-    };
+    let (lbfleet, agent) = release_binaries(args.lbfleet_bin.clone(), args.agent_bin.clone())?;
+    let report = until_interrupted(run(&args, &lbfleet, &agent)).await?;
     print_report(&report);
-    if let Some(path) = &args.json {
-        serde_json::to_writer_pretty(File::create(path)?, &report)?;
-        println!("\nwrote {}", path.display());
-    }
-    Ok(())
+    write_json(args.json.as_deref(), &report)
 }
 
 async fn run(args: &Args, lbfleet: &Path, agent: &Path) -> anyhow::Result<Report> {
@@ -387,10 +375,6 @@ fn validate_copy(lb: &HaproxyBox, rendered: &str) -> anyhow::Result<Duration> {
     let elapsed = started.elapsed();
     std::fs::remove_file(lb.config_dir.join(name)).context("removing the config copy")?;
     Ok(elapsed)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn ratio(slow: f64, fast: f64) -> String {
