@@ -4,6 +4,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod drain;
+pub mod drain_wait;
 pub mod import;
 pub mod node_output;
 pub mod output;

@@ -5,8 +5,8 @@ use lbfleet_proto::admin_word;
 use lbfleet_proto::pb;
 use serde::Serialize;
 
-use super::drain::DrainEnd;
-use super::drain::DrainWait;
+use super::drain_wait::DrainEnd;
+use super::drain_wait::DrainWait;
 use super::output::print_json;
 
 /// `node drain --wait --json` (and the wait before `node remove`).
