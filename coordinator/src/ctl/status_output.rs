@@ -112,15 +112,24 @@ fn reloads(agents: &[pb::AgentStatus], now_ms: i64) {
     }
 }
 
+/// "1 change", "3 changes".
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// "lb-a: last reload 12 s ago, ok, hitless, 85 ms, 3 changes (reason); 4 reloads for 9 config changes",
 /// and the pending reload's reason when one waits.
 fn reload_lines(host: &str, report: &pb::AgentReport, now_ms: i64) -> Vec<String> {
     let mut lines = Vec::new();
-    let totals = format!("{} reloads for {} config changes", report.reloads, report.config_changes);
+    let totals = format!(
+        "{} for {}",
+        counted(report.reloads, "reload", "reloads"),
+        counted(report.config_changes, "config change", "config changes")
+    );
     match report.last_reload.as_ref().filter(|_| report.has_last_reload) {
         Some(last) => {
             let result = if last.error.is_empty() { "ok".to_string() } else { format!("FAILED: {}", last.error) };
-            let changes = if last.changes == 1 { "1 change".to_string() } else { format!("{} changes", last.changes) };
+            let changes = counted(last.changes, "change", "changes");
             lines.push(format!(
                 "{host}: last reload {} ago, {result}, {}, {} ms, {changes} ({}); {totals}",
                 age(now_ms.saturating_sub(last.at_unix_ms)),
@@ -313,7 +322,7 @@ mod tests {
         assert_eq!(
             reload_lines("lb-b", &failed, 3 * 3_600_000),
             ["lb-b: last reload 3 h ago, FAILED: haproxy -c failed, restart, 0 ms, 1 change (no reason given); \
-              1 reloads for 1 config changes"]
+              1 reload for 1 config change"]
         );
         assert!(reload_lines("lb-c", &pb::AgentReport::default(), 0).is_empty(), "an agent that never reloaded");
     }
