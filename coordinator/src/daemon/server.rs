@@ -26,6 +26,7 @@ use tracing::info;
 use tracing::warn;
 
 use super::config::CoordinatorConfig;
+use super::health;
 use crate::agents::registry::AgentRegistry;
 use crate::agents::service::AgentStreamService;
 use crate::api::admin::AdminService;
@@ -131,6 +132,8 @@ pub struct Coordinator {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     /// Re-reads the certificates on change and SIGHUP for as long as the node runs.
     _watcher: AbortOnDropHandle<()>,
+    /// Keeps `grpc.health.v1` in step with Raft's view of a leader.
+    _health: AbortOnDropHandle<()>,
 }
 
 impl Coordinator {
@@ -192,6 +195,7 @@ impl Coordinator {
             agents.clone(),
         );
         let agent_stream = AgentStreamService::new(raft.clone(), shared.clone(), agents);
+        let (health, health_task) = health::health_service(&raft);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             // Frozen peers and agents are noticed by their unanswered PINGs, not only by TTLs.
@@ -199,7 +203,8 @@ impl Coordinator {
             .http2_keepalive_timeout(Some(transport::KEEPALIVE_TIMEOUT))
             .add_service(transport::raft_server(RaftService::new(raft.clone())))
             .add_service(transport::agent_stream_server(agent_stream))
-            .add_service(transport::admin_server(admin));
+            .add_service(transport::admin_server(admin))
+            .add_service(health);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
             tls_io::accept(listener, credentials.clone(), transport::CONNECT_TIMEOUT),
             async {
@@ -207,7 +212,16 @@ impl Coordinator {
             },
         ));
         info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");
-        Ok(Coordinator { raft, shared, local_addr, advertise, stop, server, _watcher: watcher })
+        Ok(Coordinator {
+            raft,
+            shared,
+            local_addr,
+            advertise,
+            stop,
+            server,
+            _watcher: watcher,
+            _health: AbortOnDropHandle::new(health_task),
+        })
     }
 
     /// Creates a new cluster with these members, unless this node's storage already belongs to one.
