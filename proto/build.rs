@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
+    // For gRPC reflection: clients such as grpcurl read the API from the server itself.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("lbfleet_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure()
         // The CLI prints replies as JSON under their protobuf field names.
         .type_attribute(".lbfleet.v1", "#[derive(serde::Serialize)]")

@@ -30,6 +30,9 @@ pub use identity::Role;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("lbfleet.v1");
+
+    /// The encoded descriptors of `lbfleet.proto`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lbfleet_descriptor");
 }
 
 #[cfg(test)]

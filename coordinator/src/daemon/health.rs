@@ -1,6 +1,7 @@
-//! `grpc.health.v1` on the coordinator's gRPC port: SERVING while this node knows a leader (it
-//! can then take reads and writes, forwarding them), NOT_SERVING while it does not. Load
-//! balancers and orchestrators probe it with any standard gRPC health client.
+//! The standard gRPC services beside lbfleet's own on the coordinator's port: `grpc.health.v1`,
+//! SERVING while this node knows a leader (it can then take reads and writes, forwarding them)
+//! and NOT_SERVING while it does not, for load balancers and orchestrators; and reflection, for
+//! generic clients.
 
 use lbfleet_proto::pb;
 use tokio::task::JoinHandle;
@@ -41,4 +42,18 @@ async fn follow_leadership(raft: Raft, reporter: HealthReporter) {
             return;
         }
     }
+}
+
+/// gRPC reflection (v1): lists and describes the services on this port, so generic clients
+/// such as grpcurl need no copy of the .proto files.
+pub fn reflection_service() -> Result<
+    tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer<
+        impl tonic_reflection::pb::v1::server_reflection_server::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
 }

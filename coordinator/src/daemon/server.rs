@@ -116,6 +116,13 @@ pub enum StartError {
         #[from]
         source: RaftError<NodeId, InitializeError<NodeId, Member>>,
     },
+    /// The API's own descriptors did not load into gRPC reflection (a build defect).
+    #[error("gRPC reflection: {source}")]
+    Reflection {
+        /// tonic-reflection's error.
+        #[from]
+        source: tonic_reflection::server::Error,
+    },
 }
 
 /// A running coordinator node.
@@ -204,7 +211,8 @@ impl Coordinator {
             .add_service(transport::raft_server(RaftService::new(raft.clone())))
             .add_service(transport::agent_stream_server(agent_stream))
             .add_service(transport::admin_server(admin))
-            .add_service(health);
+            .add_service(health)
+            .add_service(health::reflection_service()?);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
             tls_io::accept(listener, credentials.clone(), transport::CONNECT_TIMEOUT),
             async {
