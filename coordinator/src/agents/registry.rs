@@ -203,6 +203,7 @@ impl AgentRegistry {
                         acked_version: entry.acked,
                         nacked_version,
                         nack_error,
+                        ..Default::default()
                     }
                 }
                 None => pb::HostProgress { host: host.clone(), ..Default::default() },

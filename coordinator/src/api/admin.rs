@@ -254,6 +254,13 @@ impl pb::admin_server::Admin for AdminService {
         let timeout = node_sessions::agent_timeout(request.timeout_ms);
         Ok(Response::new(node_sessions::ask_hosts(&self.agents, &target, timeout).await))
     }
+
+    type HistoryStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::HistoryChunk, Status>> + Send>>;
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<Self::HistoryStream>, Status> {
+        authorize(&request, OPERATORS)?;
+        Err(Status::unimplemented("history is not recorded yet"))
+    }
 }
 
 impl AdminService {

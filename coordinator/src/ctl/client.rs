@@ -339,8 +339,12 @@ impl Client {
         version: u64,
         timeout: Duration,
     ) -> Result<pb::WaitAppliedReply, ClientError> {
-        let request =
-            pb::WaitAppliedRequest { cluster: cluster.to_string(), version, timeout_ms: timeout.as_millis() as u64 };
+        let request = pb::WaitAppliedRequest {
+            cluster: cluster.to_string(),
+            version,
+            timeout_ms: timeout.as_millis() as u64,
+            ..Default::default()
+        };
         // The node answers when its own wait ends; the margin covers the answer's way back.
         let deadline = timeout + Duration::from_secs(5);
         Ok(self.call(request, deadline, |mut admin, r| async move { admin.wait_applied(r).await }).await?)
