@@ -12,6 +12,7 @@ pub mod identity;
 pub mod map_diff;
 pub mod members;
 pub mod names;
+pub mod ops_http;
 mod pb_impl;
 pub mod process;
 pub mod tls;
