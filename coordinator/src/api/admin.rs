@@ -301,6 +301,12 @@ impl AdminService {
             .collect();
         let leader_address =
             metrics.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
+        // One read guard for both: std's RwLock queues new readers behind a waiting writer, so a
+        // second `read()` while the first guard lives deadlocks against apply.
+        let (agents, revocations) = {
+            let applied = self.shared.read();
+            (self.agents.all(applied.version()), convert::revocations(&applied.state.revocations))
+        };
         pb::StatusReply {
             node_id: metrics.id,
             state: format!("{:?}", metrics.state),
@@ -312,8 +318,8 @@ impl AdminService {
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             members,
             leader_address,
-            agents: self.agents.all(self.shared.read().version()),
-            revocations: convert::revocations(&self.shared.read().state.revocations),
+            agents,
+            revocations,
         }
     }
 }
