@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use futures::StreamExt;
-use indicatif::ProgressBar;
-use indicatif::ProgressStyle;
 use lbfleet_proto::names;
 use lbfleet_proto::pb;
 use lbfleet_proto::Fqdn;
 use serde::Serialize;
 
 use super::client::Client;
+use super::progress::Progress;
 
 /// An entry that was not imported, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -158,11 +157,7 @@ pub async fn run(
         false => Vec::new(),
     };
     let mut report = ImportReport { skipped: parsed.skipped, ..ImportReport::default() };
-    let progress = ProgressBar::new(parsed.entries.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} bindings ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let mut progress = Progress::new(parsed.entries.len() as u64, "bindings imported");
     for chunk in parsed.entries.chunks(batch_size) {
         let batch = pb::BindBatch { cluster: cluster.to_string(), entries: chunk.to_vec() };
         let reply = client.write(pb::command::Kind::BindBatch(batch)).await?;
@@ -178,9 +173,11 @@ pub async fn run(
                 reason: s.reason,
             }));
         }
-        progress.inc(chunk.len() as u64);
+        progress.advance(chunk.len() as u64);
     }
-    progress.finish_and_clear();
+    progress.finish();
+    let mut progress =
+        (!to_remove.is_empty()).then(|| Progress::new(to_remove.len() as u64, "pruned bindings unbound"));
     let unbinds = to_remove.into_iter().map(|fqdn| {
         let unbind = pb::Unbind { fqdn, cluster: cluster.to_string() };
         client.write(pb::command::Kind::Unbind(unbind))
@@ -190,6 +187,12 @@ pub async fn run(
         let reply = reply?;
         report.removed += 1;
         report.version = report.version.max(reply.version);
+        if let Some(progress) = progress.as_mut() {
+            progress.advance(1);
+        }
+    }
+    if let Some(progress) = progress {
+        progress.finish();
     }
     Ok(report)
 }

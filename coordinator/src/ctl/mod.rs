@@ -8,5 +8,6 @@ pub mod drain_wait;
 pub mod import;
 pub mod node_output;
 pub mod output;
+pub mod progress;
 pub mod snapshot;
 pub mod status_output;
