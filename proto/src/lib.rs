@@ -15,6 +15,7 @@ pub mod names;
 pub mod ops_http;
 mod pb_impl;
 pub mod process;
+pub mod systemd;
 pub mod tls;
 pub mod tls_io;
 pub mod transport;
