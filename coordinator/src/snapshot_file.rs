@@ -29,8 +29,9 @@ use crate::state::State;
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"LBFLSNAP";
 /// The layout and payload encoding written and read. A change to how `State` encodes (a new
-/// field, say) is a new format: an older file would not decode.
-pub const FORMAT_VERSION: u32 = 2;
+/// field, say) is a new format: an older file would not decode. Format 3 added the history;
+/// files of formats 1 and 2 are refused, not migrated.
+pub const FORMAT_VERSION: u32 = 3;
 /// Largest header accepted: a header holds a few counts and the member list.
 pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// Magic, format version, header length and payload length.
@@ -74,6 +75,8 @@ pub struct Counts {
     pub nodes: u64,
     pub bindings: u64,
     pub revocations: u64,
+    /// Records in the history.
+    pub history: u64,
 }
 
 impl Counts {
@@ -87,6 +90,7 @@ impl Counts {
             nodes: len(state.nodes.len()),
             bindings: state.clusters.values().map(|c| len(c.bindings.len())).sum(),
             revocations: len(state.revocations.hosts.len() + state.revocations.serials.len()),
+            history: len(state.history.len()),
         }
     }
 }

@@ -14,6 +14,7 @@ use tonic::Response;
 use tonic::Status;
 
 use super::convert;
+use super::forward;
 use super::forward::Forwarder;
 use super::forward::DEFAULT_FORWARD_DEADLINE;
 use super::group_commit::GroupCommit;
@@ -87,7 +88,7 @@ impl AdminService {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
-        authorize(&request, OPERATORS)?;
+        let caller = forward::caller_identity(&request, OPERATORS)?;
         if let Route::Leader(leader) = self.route(&request)? {
             return self
                 .forwarder
@@ -99,6 +100,9 @@ impl pb::admin_server::Admin for AdminService {
         if request.has_if_version {
             command = crate::state::Command::Conditional { if_version: request.if_version, command: Box::new(command) };
         }
+        // The caller and the leader's clock go into the entry: apply must not read either.
+        command =
+            crate::state::Command::By { by: caller.to_string(), at_unix_ms: unix_ms_now(), command: Box::new(command) };
         let (version, result) = self.writes.write(command).await?;
         let response = result.map_err(convert::state_error_to_status)?;
         Ok(Response::new(convert::write_reply(version, &response)))
@@ -316,4 +320,9 @@ impl AdminService {
             revocations: convert::revocations(&self.shared.read().state.revocations),
         }
     }
+}
+
+/// Milliseconds since 1970 on this node's clock.
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }
