@@ -18,6 +18,7 @@ use super::forward;
 use super::forward::Forwarder;
 use super::forward::DEFAULT_FORWARD_DEADLINE;
 use super::group_commit::GroupCommit;
+use super::history;
 use super::lb_state;
 use super::node_sessions;
 use super::snapshot;
@@ -259,11 +260,26 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(node_sessions::ask_hosts(&self.agents, &target, timeout).await))
     }
 
-    type HistoryStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::HistoryChunk, Status>> + Send>>;
+    type HistoryStream = history::HistoryStream;
 
+    /// Answered by every node from its own applied state, which holds the replicated history.
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<Self::HistoryStream>, Status> {
         authorize(&request, OPERATORS)?;
-        Err(Status::unimplemented("history is not recorded yet"))
+        let deadline = transport::caller_deadline(&request).unwrap_or(DEFAULT_FORWARD_DEADLINE);
+        let filter = history::Filter::of(request.get_ref())?;
+        let is_leader = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.current_leader == Some(metrics.id)
+        };
+        if is_leader {
+            self.linearizable().await?;
+        } else {
+            let committed = self.committed.load(std::sync::atomic::Ordering::Relaxed);
+            history::applied_up_to(&self.shared, committed, deadline).await?;
+        }
+        let (records, kept, limit) = history::select(&self.shared.read().state, &filter);
+        Ok(Response::new(history::stream(records, kept, limit)))
     }
 }
 

@@ -276,3 +276,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+
+    #[test]
+    fn snapshot_data_carries_the_history_and_names_its_format() {
+        let mut state = State::default();
+        let create = Command::CreateCluster { name: "eu".into(), haproxy_container: None };
+        let by = Command::By { by: "admin:alice".into(), at_unix_ms: 42, command: Box::new(create) };
+        state.apply_at(&by, 0).unwrap();
+        let bytes = encode_state(&state).unwrap();
+        let decoded = decode_state(&bytes).unwrap();
+        assert_eq!(decoded, state);
+        assert_eq!(&*decoded.history.records().next().unwrap().by, "admin:alice");
+
+        // Format 1 was the bare state, without magic or history.
+        let old = codec::encode(&state.clusters).unwrap();
+        let error = decode_state(&old).unwrap_err();
+        assert!(matches!(error, SnapshotDataError::Unversioned), "{error}");
+        assert!(error.to_string().starts_with("Raft snapshot in format 1 or unknown"), "{error}");
+        let mut future = bytes.clone();
+        future[4..8].copy_from_slice(&3u32.to_be_bytes());
+        assert!(matches!(decode_state(&future).unwrap_err(), SnapshotDataError::UnsupportedFormat { found: 3 }));
+        assert!(matches!(decode_state(&bytes[..bytes.len() - 1]).unwrap_err(), SnapshotDataError::Decode(_)));
+    }
+}

@@ -302,3 +302,257 @@ pub fn records_of(state: &State, stamp: &Stamp, command: &Command, response: &Re
 fn node_record(record: Record, shard: &str, cluster: Option<String>) -> Record {
     Record { shard: Some(shard.into()), cluster: cluster.map(Arc::from), ..record }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::revocations::RevocationTarget;
+    use crate::state::StateError;
+
+    fn fqdn(s: &str) -> Fqdn {
+        Fqdn::parse(s).unwrap()
+    }
+
+    fn by(who: &str, at_unix_ms: i64, command: Command) -> Command {
+        Command::By { by: who.into(), at_unix_ms, command: Box::new(command) }
+    }
+
+    /// Applies each command at the version after the last one recorded: every command of these
+    /// tests that succeeds records something, so this numbers them as the log would.
+    fn run(state: &mut State, commands: &[Command]) -> Vec<Result<Response, StateError>> {
+        commands
+            .iter()
+            .map(|command| {
+                let version = state.history.records().last().map_or(0, |r| r.version);
+                state.apply_at(command, version)
+            })
+            .collect()
+    }
+
+    fn topology() -> Vec<Command> {
+        vec![
+            by("admin:ops", 1_000, Command::CreateCluster { name: "eu".into(), haproxy_container: None }),
+            by("admin:ops", 1_001, Command::CreateShard { name: "a".into(), cluster: "eu".into() }),
+            by("admin:ops", 1_002, Command::CreateShard { name: "b".into(), cluster: "eu".into() }),
+            by(
+                "admin:ops",
+                1_003,
+                Command::AddHost {
+                    id: "lb-1".into(),
+                    cluster: "eu".into(),
+                    address: "10.0.0.1".into(),
+                    haproxy_container: None,
+                },
+            ),
+            by(
+                "admin:ops",
+                1_004,
+                Command::AddNode {
+                    name: "a-1".into(),
+                    shard: "a".into(),
+                    host: "lb-1".into(),
+                    address: "10.0.1.1:80".into(),
+                    container: None,
+                },
+            ),
+        ]
+    }
+
+    fn lines(state: &State) -> Vec<String> {
+        state
+            .history
+            .records()
+            .map(|r| {
+                let name = |v: &Option<Arc<str>>| v.as_deref().unwrap_or("").to_string();
+                format!(
+                    "{} {} {} {} | {} {} {} {} | {} | {}",
+                    r.version,
+                    r.at_unix_ms,
+                    r.by,
+                    r.action,
+                    name(&r.cluster),
+                    r.fqdn.as_ref().map_or("", Fqdn::as_str),
+                    name(&r.shard),
+                    name(&r.previous),
+                    r.subject.as_deref().unwrap_or(""),
+                    r.detail.as_deref().unwrap_or(""),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_change_is_recorded_with_its_caller_and_time() {
+        let mut state = State::default();
+        run(&mut state, &topology());
+        run(
+            &mut state,
+            &[
+                by("admin:alice", 2_000, Command::Bind { fqdn: fqdn("x.com"), shard: "a".into(), cluster: None }),
+                by("admin:bob", 3_000, Command::Bind { fqdn: fqdn("x.com"), shard: "b".into(), cluster: None }),
+                by("admin:bob", 3_001, Command::Unbind { fqdn: fqdn("x.com"), cluster: None }),
+                by("admin:ops", 4_000, Command::SetNodeState { name: "a-1".into(), state: AdminState::Drain }),
+                by("admin:ops", 4_001, Command::SetNode { name: "a-1".into(), address: "10.0.1.2:80".into() }),
+                by("admin:ops", 4_002, Command::RemoveNode { name: "a-1".into() }),
+                by("admin:ops", 5_000, Command::Revoke { target: RevocationTarget::Host("lb-9".into()), at: 5 }),
+                by("admin:ops", 5_001, Command::Unrevoke { target: RevocationTarget::Host("lb-9".into()) }),
+                by("admin:ops", 5_002, Command::SetHost { id: "lb-1".into(), haproxy_container: Some("lb".into()) }),
+                by("admin:ops", 5_003, Command::SetCluster { name: "eu".into(), haproxy_container: "hp".into() }),
+            ],
+        );
+        assert_eq!(
+            lines(&state),
+            [
+                "1 1000 admin:ops create cluster | eu    | eu | haproxy container hosting-haproxy",
+                "2 1001 admin:ops create shard | eu    | a | backend shard-a",
+                "3 1002 admin:ops create shard | eu    | b | backend shard-b",
+                "4 1003 admin:ops add host | eu    | lb-1 | address 10.0.0.1",
+                "5 1004 admin:ops add node | eu  a  | a-1 | address 10.0.1.1:80 on host lb-1",
+                "6 2000 admin:alice bind | eu x.com a  |  | ",
+                "7 3000 admin:bob move | eu x.com b a |  | ",
+                "8 3001 admin:bob unbind | eu x.com  b |  | ",
+                "9 4000 admin:ops drain node | eu  a  | a-1 | was ready",
+                "10 4001 admin:ops set node | eu  a  | a-1 | address 10.0.1.2:80",
+                "11 4002 admin:ops remove node | eu  a  | a-1 | ",
+                "12 5000 admin:ops revoke |     | host lb-9 | ",
+                "13 5001 admin:ops unrevoke |     | host lb-9 | ",
+                "14 5002 admin:ops set host | eu    | lb-1 | haproxy container lb",
+                "15 5003 admin:ops set cluster | eu    | eu | haproxy container hp",
+            ]
+        );
+    }
+
+    #[test]
+    fn failures_and_changes_that_change_nothing_record_nothing() {
+        let mut state = State::default();
+        run(&mut state, &topology());
+        let before = state.history.len();
+        let results = run(
+            &mut state,
+            &[
+                by("admin:alice", 2_000, Command::Bind { fqdn: fqdn("x.com"), shard: "nope".into(), cluster: None }),
+                by("admin:alice", 2_001, Command::RemoveHost { id: "lb-1".into() }),
+                by("admin:alice", 2_002, Command::SetNodeState { name: "a-1".into(), state: AdminState::Ready }),
+            ],
+        );
+        assert!(results[0].is_err() && results[1].is_err() && results[2].is_ok());
+        assert_eq!(state.history.len(), before);
+        state
+            .apply_at(
+                &by("admin:alice", 3_000, Command::Bind { fqdn: fqdn("y.com"), shard: "a".into(), cluster: None }),
+                9,
+            )
+            .unwrap();
+        state
+            .apply_at(
+                &by("admin:alice", 3_001, Command::Bind { fqdn: fqdn("y.com"), shard: "a".into(), cluster: None }),
+                10,
+            )
+            .unwrap();
+        assert_eq!(state.history.len(), before + 1, "binding again to the same shard is no change");
+        // A refused conditional write records nothing either.
+        let stale = Command::Conditional {
+            if_version: 3,
+            command: Box::new(Command::Unbind { fqdn: fqdn("y.com"), cluster: None }),
+        };
+        assert!(state.apply_at(&by("admin:alice", 3_002, stale), 11).is_err());
+        assert_eq!(state.history.len(), before + 1);
+    }
+
+    #[test]
+    fn a_group_keeps_each_callers_identity_and_a_batch_records_each_fqdn_that_changed() {
+        let mut state = State::default();
+        run(&mut state, &topology());
+        state.apply_at(&Command::Bind { fqdn: fqdn("same.com"), shard: "a".into(), cluster: None }, 5).unwrap();
+        state.apply_at(&Command::Bind { fqdn: fqdn("moved.com"), shard: "a".into(), cluster: None }, 6).unwrap();
+        let group = Command::Group(vec![
+            by("admin:alice", 10, Command::Bind { fqdn: fqdn("p.com"), shard: "a".into(), cluster: None }),
+            by("admin:bob", 11, Command::Bind { fqdn: fqdn("q.com"), shard: "missing".into(), cluster: None }),
+            by("admin:bob", 12, Command::Bind { fqdn: fqdn("r.com"), shard: "b".into(), cluster: None }),
+        ]);
+        state.apply_at(&group, 7).unwrap();
+        let batch = Command::BindBatch {
+            cluster: "eu".into(),
+            entries: vec![
+                (fqdn("same.com"), "a".into()),
+                (fqdn("moved.com"), "b".into()),
+                (fqdn("new.com"), "b".into()),
+                (fqdn("lost.com"), "missing".into()),
+            ],
+        };
+        state.apply_at(&by("admin:carol", 20, batch), 8).unwrap();
+        let tail: Vec<String> = lines(&state).into_iter().skip(7).collect();
+        assert_eq!(
+            tail,
+            [
+                "8 10 admin:alice bind | eu p.com a  |  | ",
+                "8 12 admin:bob bind | eu r.com b  |  | ",
+                "9 20 admin:carol move | eu moved.com b a |  | ",
+                "9 20 admin:carol bind | eu new.com b  |  | ",
+            ]
+        );
+        // An unattributed entry (written before callers were recorded) names nobody.
+        assert_eq!(&*state.history.records().nth(5).unwrap().by, "");
+    }
+
+    #[test]
+    fn a_deleted_shards_fqdns_are_recorded_as_moves() {
+        let mut state = State::default();
+        run(&mut state, &topology()[..3]);
+        state.apply_at(&Command::Bind { fqdn: fqdn("x.com"), shard: "a".into(), cluster: None }, 3).unwrap();
+        let delete = by("admin:ops", 9, Command::DeleteShard { name: "a".into(), move_to: Some("b".into()) });
+        state.apply_at(&delete, 4).unwrap();
+        let tail: Vec<String> = lines(&state).into_iter().skip(4).collect();
+        assert_eq!(
+            tail,
+            [
+                "5 9 admin:ops delete shard | eu    | a | moved 1 FQDNs to shard b",
+                "5 9 admin:ops move | eu x.com b a |  | "
+            ]
+        );
+    }
+
+    #[test]
+    fn the_limit_is_replicated_and_drops_the_oldest() {
+        let mut state = State::default();
+        run(&mut state, &topology());
+        assert_eq!(state.history.limit(), DEFAULT_LIMIT);
+        let response = state.apply_at(&by("admin:ops", 9, Command::SetHistoryLimit { limit: 3 }), 5).unwrap();
+        assert_eq!(response, Response::HistoryLimitSet { limit: 3, previous: DEFAULT_LIMIT });
+        assert_eq!(
+            lines(&state).last().unwrap(),
+            &format!("6 9 admin:ops set history limit |     |  | 3 records (was {DEFAULT_LIMIT})")
+        );
+        assert_eq!(state.history.records().map(|r| r.version).collect::<Vec<_>>(), [4, 5, 6]);
+        state.apply_at(&Command::Bind { fqdn: fqdn("x.com"), shard: "a".into(), cluster: None }, 6).unwrap();
+        assert_eq!(state.history.records().map(|r| r.version).collect::<Vec<_>>(), [5, 6, 7]);
+        state.apply_at(&Command::SetHistoryLimit { limit: 0 }, 7).unwrap();
+        assert!(state.history.is_empty(), "0 keeps none, not even its own record");
+        state.apply_at(&Command::Unbind { fqdn: fqdn("x.com"), cluster: None }, 8).unwrap();
+        assert!(state.history.is_empty());
+    }
+
+    #[test]
+    fn the_same_entries_give_every_node_the_same_history() {
+        let mut entries = topology();
+        entries.push(by("admin:alice", 7, Command::Bind { fqdn: fqdn("x.com"), shard: "a".into(), cluster: None }));
+        entries.push(by("admin:ops", 8, Command::SetHistoryLimit { limit: 4 }));
+        let replay = || {
+            let mut state = State::default();
+            for (index, entry) in entries.iter().enumerate() {
+                let _ = state.apply_at(entry, index as u64);
+            }
+            state
+        };
+        let (one, other) = (replay(), replay());
+        assert_eq!(one, other);
+        assert_eq!(one.history.len(), 4);
+        // And a state that went through a snapshot's encoding goes on the same.
+        let mut restored: State = postcard::from_bytes(&postcard::to_allocvec(&one).unwrap()).unwrap();
+        let mut continued = one.clone();
+        let next = by("admin:bob", 9, Command::Unbind { fqdn: fqdn("x.com"), cluster: None });
+        restored.apply_at(&next, 7).unwrap();
+        continued.apply_at(&next, 7).unwrap();
+        assert_eq!(restored, continued);
+    }
+}
