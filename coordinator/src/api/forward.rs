@@ -85,14 +85,20 @@ impl Forwarder {
         Call: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Reply>, Status>>,
     {
-        let caller = caller_identity(&request, &Role::ALL)?;
+        // A call made inside this process (no client certificate) goes on as this coordinator's.
+        let caller = match request.peer_certs() {
+            Some(_) => Some(caller_identity(&request, &Role::ALL)?),
+            None => None,
+        };
         let deadline = transport::caller_deadline(&request).unwrap_or(DEFAULT_FORWARD_DEADLINE);
         let mut forwarded = transport::request(request.into_inner(), deadline);
         transport::mark_forwarded(&mut forwarded);
-        // Identities are `[a-z0-9._-]` and one colon, always valid metadata.
-        let caller = MetadataValue::try_from(caller.to_string())
-            .map_err(|_| Status::internal(format!("identity {caller} is not valid metadata")))?;
-        forwarded.metadata_mut().insert(ON_BEHALF_OF_KEY, caller);
+        if let Some(caller) = caller {
+            // Identities are `[a-z0-9._-]` and one colon, always valid metadata.
+            let value = MetadataValue::try_from(caller.to_string())
+                .map_err(|_| Status::internal(format!("identity {caller} is not valid metadata")))?;
+            forwarded.metadata_mut().insert(ON_BEHALF_OF_KEY, value);
+        }
         let client = transport::admin_client(self.channel(address)?);
         transport::within(&format!("the leader at {address}"), deadline, call(client, forwarded)).await
     }

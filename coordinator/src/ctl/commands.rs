@@ -44,8 +44,9 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let timeout = Duration::from_secs_f64(global.timeout.max(0.1));
     // Any node answers a history read from its own state: no need to look for the leader.
     if let Command::History(args @ HistoryArgs { set_limit: None, .. }) = &command {
+        let request = history::request(args)?;
         let tls = history::credentials(&tls_dir, global.identity.as_deref())?;
-        history::print(global.json, &history::read(&global.endpoints, &tls, args, timeout).await?);
+        history::print(global.json, &history::read(&global.endpoints, &tls, request, timeout).await?);
         return Ok(());
     }
     let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout)
@@ -185,7 +186,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             output::write_reply(json, &client.write(Kind::SetHistoryLimit(pb::SetHistoryLimit { limit })).await?);
         }
         Command::History(args) => {
-            history::print(json, &history::read(&global.endpoints, client.tls(), &args, timeout).await?)
+            let report = history::read(&global.endpoints, client.tls(), history::request(&args)?, timeout).await?;
+            history::print(json, &report);
         }
     }
     Ok(())

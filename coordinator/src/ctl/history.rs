@@ -37,14 +37,8 @@ pub struct HistoryReport {
     pub records: Vec<pb::HistoryRecord>,
 }
 
-/// Reads the history from the first endpoint that answers: every node keeps it, so this
-/// shows that node's view (a follower answers once it applied what it knew was committed).
-pub async fn read(
-    endpoints: &[String],
-    tls: &Arc<Credentials>,
-    args: &HistoryArgs,
-    timeout: Duration,
-) -> anyhow::Result<HistoryReport> {
+/// The request the flags ask for, checked before anything is sent.
+pub fn request(args: &HistoryArgs) -> anyhow::Result<pb::HistoryRequest> {
     let since_unix_ms = match &args.since {
         Some(since) => since_unix_ms(since, now_unix_ms())?,
         None => 0,
@@ -53,7 +47,17 @@ pub async fn read(
         Some(fqdn) => lbfleet_proto::Fqdn::parse(fqdn)?.into_string(),
         None => String::new(),
     };
-    let request = pb::HistoryRequest { fqdn, cluster: args.cluster.clone().unwrap_or_default(), since_unix_ms };
+    Ok(pb::HistoryRequest { fqdn, cluster: args.cluster.clone().unwrap_or_default(), since_unix_ms })
+}
+
+/// Reads the history from the first endpoint that answers: every node keeps it, so this
+/// shows that node's view (a follower answers once it applied what it knew was committed).
+pub async fn read(
+    endpoints: &[String],
+    tls: &Arc<Credentials>,
+    request: pb::HistoryRequest,
+    timeout: Duration,
+) -> anyhow::Result<HistoryReport> {
     let client = Client::first_reachable(endpoints, tls, timeout).await?;
     let endpoint = client.endpoint();
     let mut admin = transport::admin_client(transport::channel(&endpoint, client.tls())?);
