@@ -29,8 +29,9 @@ use crate::state::State;
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"LBFLSNAP";
 /// The layout and payload encoding written and read. A change to how `State` encodes (a new
-/// field, say) is a new format: an older file would not decode.
-pub const FORMAT_VERSION: u32 = 2;
+/// field, say) is a new format: an older file would not decode. Format 3 added the history;
+/// files of formats 1 and 2 are refused, not migrated.
+pub const FORMAT_VERSION: u32 = 3;
 /// Largest header accepted: a header holds a few counts and the member list.
 pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// Magic, format version, header length and payload length.
@@ -74,6 +75,8 @@ pub struct Counts {
     pub nodes: u64,
     pub bindings: u64,
     pub revocations: u64,
+    /// Records in the history.
+    pub history: u64,
 }
 
 impl Counts {
@@ -87,6 +90,7 @@ impl Counts {
             nodes: len(state.nodes.len()),
             bindings: state.clusters.values().map(|c| len(c.bindings.len())).sum(),
             revocations: len(state.revocations.hosts.len() + state.revocations.serials.len()),
+            history: len(state.history.len()),
         }
     }
 }
@@ -392,9 +396,13 @@ mod tests {
         }
         // A drained node must come back drained, with its server id.
         state.apply(&Command::SetNodeState { name: "web-1-a".into(), state: AdminState::Drain }).expect("drain");
+        // The history comes back with who made each change, and when.
         for i in 0..20 {
             let fqdn = Fqdn::parse(&format!("site-{i}.example.com")).unwrap();
-            state.apply(&Command::Bind { fqdn, shard: "web-1".into(), cluster: None }).expect("bind");
+            let bind = Command::Bind { fqdn, shard: "web-1".into(), cluster: None };
+            let by =
+                Command::By { by: "admin:alice".into(), at_unix_ms: 1_700_000_000_000 + i, command: Box::new(bind) };
+            state.apply_at(&by, 10 + i as u64).expect("bind");
         }
         let revoked = Command::Revoke { target: RevocationTarget::Serial("4f2a".into()), at: 1_700_000_000 };
         state.apply(&revoked).expect("revoke");
@@ -435,7 +443,13 @@ mod tests {
         assert_eq!((node.server_id, node.admin), (1, AdminState::Drain));
         let header = snapshot.header;
         assert_eq!((header.node_id, header.version, header.term), (2, 41, 3));
-        assert_eq!(header.counts, Counts { clusters: 1, hosts: 1, shards: 1, nodes: 1, bindings: 20, revocations: 1 });
+        assert_eq!(
+            header.counts,
+            Counts { clusters: 1, hosts: 1, shards: 1, nodes: 1, bindings: 20, revocations: 1, history: 26 }
+        );
+        let bind = snapshot.state.history.records().nth(5).unwrap();
+        assert_eq!((&*bind.by, bind.at_unix_ms, bind.version), ("admin:alice", 1_700_000_000_000, 11));
+        assert_eq!(bind.fqdn.as_ref().map(Fqdn::as_str), Some("site-0.example.com"));
         assert_eq!(header.members, origin().members);
         assert_eq!(header.lbfleet_version, env!("CARGO_PKG_VERSION"));
         // The layout is the documented one: the same parts assembled independently give the same file.
@@ -513,9 +527,14 @@ mod tests {
         assert!(matches!(error, SnapshotFileError::TooLong { .. }), "{error}");
         let error = decode(b"node_id = 1\nlisten = \"0.0.0.0:7400\"\n").unwrap_err();
         assert_eq!(error.to_string(), "not an lbfleet snapshot file (it does not start with \"LBFLSNAP\")");
-        // Format 1 held nodes without server ids and admin states.
-        let error = decode(&assemble(1, b"{}", b"")).unwrap_err();
-        assert!(error.to_string().starts_with("snapshot format 1 is not readable by lbfleet"), "{error}");
+        // Format 1 held nodes without server ids and admin states, format 2 no history.
+        for old in [1, 2] {
+            let error = decode(&assemble(old, b"{}", b"")).unwrap_err();
+            assert!(
+                error.to_string().starts_with(&format!("snapshot format {old} is not readable by lbfleet")),
+                "{error}"
+            );
+        }
         let mut huge = assemble(FORMAT_VERSION, b"{}", b"");
         huge[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
         assert!(matches!(decode(&huge).unwrap_err(), SnapshotFileError::BadLengths { .. }));

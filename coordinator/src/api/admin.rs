@@ -14,9 +14,11 @@ use tonic::Response;
 use tonic::Status;
 
 use super::convert;
+use super::forward;
 use super::forward::Forwarder;
 use super::forward::DEFAULT_FORWARD_DEADLINE;
 use super::group_commit::GroupCommit;
+use super::history;
 use super::lb_state;
 use super::node_sessions;
 use super::snapshot;
@@ -87,7 +89,7 @@ impl AdminService {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteReply>, Status> {
-        authorize(&request, OPERATORS)?;
+        let caller = forward::caller_identity(&request, OPERATORS)?;
         if let Route::Leader(leader) = self.route(&request)? {
             return self
                 .forwarder
@@ -99,6 +101,9 @@ impl pb::admin_server::Admin for AdminService {
         if request.has_if_version {
             command = crate::state::Command::Conditional { if_version: request.if_version, command: Box::new(command) };
         }
+        // The caller and the leader's clock go into the entry: apply must not read either.
+        command =
+            crate::state::Command::By { by: caller.to_string(), at_unix_ms: unix_ms_now(), command: Box::new(command) };
         let (version, result) = self.writes.write(command).await?;
         let response = result.map_err(convert::state_error_to_status)?;
         Ok(Response::new(convert::write_reply(version, &response)))
@@ -255,11 +260,26 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(node_sessions::ask_hosts(&self.agents, &target, timeout).await))
     }
 
-    type HistoryStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::HistoryChunk, Status>> + Send>>;
+    type HistoryStream = history::HistoryStream;
 
+    /// Answered by every node from its own applied state, which holds the replicated history.
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<Self::HistoryStream>, Status> {
         authorize(&request, OPERATORS)?;
-        Err(Status::unimplemented("history is not recorded yet"))
+        let deadline = transport::caller_deadline(&request).unwrap_or(DEFAULT_FORWARD_DEADLINE);
+        let filter = history::Filter::of(request.get_ref())?;
+        let is_leader = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.current_leader == Some(metrics.id)
+        };
+        if is_leader {
+            self.linearizable().await?;
+        } else {
+            let committed = self.committed.load(std::sync::atomic::Ordering::Relaxed);
+            history::applied_up_to(&self.shared, committed, deadline).await?;
+        }
+        let (records, kept, limit) = history::select(&self.shared.read().state, &filter);
+        Ok(Response::new(history::stream(records, kept, limit)))
     }
 }
 
@@ -322,4 +342,9 @@ impl AdminService {
             revocations,
         }
     }
+}
+
+/// Milliseconds since 1970 on this node's clock.
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }

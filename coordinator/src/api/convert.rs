@@ -59,7 +59,7 @@ pub fn command_from_pb(command: Option<pb::Command>) -> Result<Command, Status> 
         PbKind::SetCluster(c) => Command::SetCluster { name: c.name, haproxy_container: c.haproxy_container },
         PbKind::SetHost(h) => Command::SetHost { id: h.id, haproxy_container: non_empty(h.haproxy_container) },
         PbKind::SetNode(n) => Command::SetNode { name: n.name, address: n.address },
-        PbKind::SetHistoryLimit(_) => return Err(Status::unimplemented("the history limit is not settable yet")),
+        PbKind::SetHistoryLimit(l) => Command::SetHistoryLimit { limit: l.limit },
     };
     precheck(&command).map_err(state_error_to_status)?;
     Ok(command)

@@ -97,7 +97,7 @@ async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
 /// Bulk imports are large entries of their own. A conditional write is too: it must see the
 /// version before its own entry, which a command grouped ahead of it would have changed.
 fn is_bulk(command: &Command) -> bool {
-    matches!(command, Command::BindBatch { .. } | Command::Conditional { .. })
+    matches!(command.inner(), Command::BindBatch { .. } | Command::Conditional { .. })
 }
 
 async fn commit(raft: &Raft, mut group: Vec<Pending>) {

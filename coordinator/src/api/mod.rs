@@ -4,6 +4,7 @@ pub mod admin;
 pub mod convert;
 pub mod forward;
 pub mod group_commit;
+pub mod history;
 pub mod lb_state;
 pub mod node_sessions;
 pub mod snapshot;

@@ -96,6 +96,26 @@ pub enum Command {
     /// Backs up the replicated state to a file (`coordinator restore` makes a new group of it).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Who changed what, and when: the replicated history, oldest first, read from the first
+    /// endpoint that answers (every node keeps it); or, with --set-limit, how much it keeps.
+    History(HistoryArgs),
+}
+
+/// `lbfleet history`
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only changes to this FQDN.
+    #[arg(long)]
+    pub fqdn: Option<String>,
+    /// Only changes in this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only changes since this time: RFC 3339 (2026-11-28T10:00:00Z) or a duration ago (90s, 10m, 2h, 3d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Keep the last N changes from now on (the oldest go first; 0 keeps none). A write.
+    #[arg(long, value_name = "N", conflicts_with_all = ["fqdn", "cluster", "since"])]
+    pub set_limit: Option<u64>,
 }
 
 /// `lbfleet pki ...`

@@ -12,6 +12,7 @@ use lbfleet_proto::tls::TlsDir;
 use super::cli::ClusterCommand;
 use super::cli::Command;
 use super::cli::GlobalArgs;
+use super::cli::HistoryArgs;
 use super::cli::HostCommand;
 use super::cli::LbCommand;
 use super::cli::MembersCommand;
@@ -22,6 +23,7 @@ use super::cli::SnapshotCommand;
 use super::client::Client;
 use super::client::ClientError;
 use super::drain;
+use super::history;
 use super::import;
 use super::node_output;
 use super::output;
@@ -40,6 +42,13 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     }
     let tls_dir = TlsDir::new(global.tls_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TLS_DIR)));
     let timeout = Duration::from_secs_f64(global.timeout.max(0.1));
+    // Any node answers a history read from its own state: no need to look for the leader.
+    if let Command::History(args @ HistoryArgs { set_limit: None, .. }) = &command {
+        let request = history::request(args)?;
+        let tls = history::credentials(&tls_dir, global.identity.as_deref())?;
+        history::print(global.json, &history::read(&global.endpoints, &tls, request, timeout).await?);
+        return Ok(());
+    }
     let client = Client::connect(&global.endpoints, &tls_dir, global.identity.as_deref(), timeout)
         .await?
         .with_if_version(global.if_version);
@@ -172,6 +181,13 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Snapshot(SnapshotCommand::Verify { file }) => {
             output::snapshot(json, "verified", &snapshot::verify(&file)?);
+        }
+        Command::History(HistoryArgs { set_limit: Some(limit), .. }) => {
+            output::write_reply(json, &client.write(Kind::SetHistoryLimit(pb::SetHistoryLimit { limit })).await?);
+        }
+        Command::History(args) => {
+            let report = history::read(&global.endpoints, client.tls(), history::request(&args)?, timeout).await?;
+            history::print(json, &report);
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ pub mod client;
 pub mod commands;
 pub mod drain;
 pub mod drain_wait;
+pub mod history;
 pub mod import;
 pub mod node_output;
 pub mod output;

@@ -26,9 +26,9 @@ use openraft::StoredMembership;
 
 use super::config::CoordinatorSettings;
 use super::server::SLED_DIR;
-use crate::raft::codec;
 use crate::raft::durable::DurableDb;
 use crate::raft::log_store::LogStore;
+use crate::raft::state_machine;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::LogId;
 use crate::raft::Member;
@@ -219,7 +219,7 @@ async fn seed(
         last_membership: StoredMembership::new(Some(log_id), Membership::new(vec![voters], nodes)),
         snapshot_id: format!("restored-{version}"),
     };
-    machine.install_snapshot(&meta, Box::new(Cursor::new(codec::encode(state)?))).await?;
+    machine.install_snapshot(&meta, Box::new(Cursor::new(state_machine::encode_state(state)?))).await?;
     log.purge(log_id).await?;
     log.save_committed(Some(log_id)).await?;
     db.sync()?;

@@ -35,6 +35,49 @@ use crate::state::changelog::ChangeLog;
 use crate::state::State;
 
 const CURRENT_SNAPSHOT: &[u8] = b"current";
+/// The first bytes of a Raft snapshot's data, before its format number.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"LBRS";
+/// How a Raft snapshot's data encodes the state. Format 1 (no magic, no history) predates the
+/// replicated history; a state encodes differently with every new field, so each is a new format.
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
+/// Why a Raft snapshot's data is not a state this release reads.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDataError {
+    /// Data of a release that kept no history (format 1), or not a snapshot at all.
+    #[error(
+        "Raft snapshot in format 1 or unknown (lbfleet {} reads format {SNAPSHOT_FORMAT}): restore the group from a \
+         `snapshot save` file of this release, or give this node an empty data dir",
+        env!("CARGO_PKG_VERSION")
+    )]
+    Unversioned,
+    /// Data in a format this release does not read.
+    #[error("Raft snapshot format {found} is not readable by lbfleet {} (it reads format {SNAPSHOT_FORMAT})", env!("CARGO_PKG_VERSION"))]
+    UnsupportedFormat { found: u32 },
+    /// The format is right but the state does not decode.
+    #[error("Raft snapshot state does not decode: {0}")]
+    Decode(#[source] postcard::Error),
+}
+
+/// A state as Raft snapshots carry it: magic, format (big-endian), postcard.
+pub fn encode_state(state: &State) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    bytes.extend_from_slice(&SNAPSHOT_FORMAT.to_be_bytes());
+    postcard::to_extend(state, bytes)
+}
+
+/// Reads what [`encode_state`] wrote, refusing other formats by name.
+pub fn decode_state(bytes: &[u8]) -> Result<State, SnapshotDataError> {
+    let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+        return Err(SnapshotDataError::Unversioned);
+    };
+    let (format, payload) = rest.split_at_checked(4).ok_or(SnapshotDataError::Unversioned)?;
+    let format = u32::from_be_bytes(format.try_into().unwrap_or_default());
+    if format != SNAPSHOT_FORMAT {
+        return Err(SnapshotDataError::UnsupportedFormat { found: format });
+    }
+    codec::decode(payload).map_err(SnapshotDataError::Decode)
+}
 
 /// The applied state and the log position it reflects.
 #[derive(Debug, Default)]
@@ -131,7 +174,7 @@ impl StateMachineStore {
 
     fn restore(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(snapshot.meta.signature()));
-        let state: State = codec::decode(&snapshot.data).map_err(|e| io_error(subject, ErrorVerb::Read, &e))?;
+        let state = decode_state(&snapshot.data).map_err(|e| io_error(subject, ErrorVerb::Read, &e))?;
         let mut applied = self.shared.write();
         applied.state = state;
         applied.last_applied = snapshot.meta.last_log_id;
@@ -148,7 +191,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
             let applied = self.shared.read();
-            let data = codec::encode(&applied.state)
+            let data = encode_state(&applied.state)
                 .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e))?;
             let snapshot_id = match applied.last_applied {
                 Some(id) => format!("{}-{}", id.leader_id, id.index),
@@ -231,5 +274,33 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(self
             .stored_snapshot()?
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+
+    #[test]
+    fn snapshot_data_carries_the_history_and_names_its_format() {
+        let mut state = State::default();
+        let create = Command::CreateCluster { name: "eu".into(), haproxy_container: None };
+        let by = Command::By { by: "admin:alice".into(), at_unix_ms: 42, command: Box::new(create) };
+        state.apply_at(&by, 0).unwrap();
+        let bytes = encode_state(&state).unwrap();
+        let decoded = decode_state(&bytes).unwrap();
+        assert_eq!(decoded, state);
+        assert_eq!(&*decoded.history.records().next().unwrap().by, "admin:alice");
+
+        // Format 1 was the bare state, without magic or history.
+        let old = codec::encode(&state.clusters).unwrap();
+        let error = decode_state(&old).unwrap_err();
+        assert!(matches!(error, SnapshotDataError::Unversioned), "{error}");
+        assert!(error.to_string().starts_with("Raft snapshot in format 1 or unknown"), "{error}");
+        let mut future = bytes.clone();
+        future[4..8].copy_from_slice(&3u32.to_be_bytes());
+        assert!(matches!(decode_state(&future).unwrap_err(), SnapshotDataError::UnsupportedFormat { found: 3 }));
+        assert!(matches!(decode_state(&bytes[..bytes.len() - 1]).unwrap_err(), SnapshotDataError::Decode(_)));
     }
 }

@@ -71,7 +71,9 @@ impl ChangeLog {
                     }
                 }
             }
-            (Command::Conditional { command, .. }, response) => self.record(version, state, command, response),
+            (Command::Conditional { command, .. }, response) | (Command::By { command, .. }, response) => {
+                self.record(version, state, command, response)
+            }
             (_, Response::Bound { cluster, fqdn, shard, previous }) if previous.as_ref() != Some(shard) => {
                 self.push(version, cluster, fqdn.clone(), Some(shard.clone()));
             }

@@ -53,6 +53,21 @@ pub enum Command {
     /// `command`, applied only to the state at version `if_version` (optimistic concurrency:
     /// the caller computed it from that version).
     Conditional { if_version: u64, command: Box<Command> },
+    /// `command` as the caller `by` (its certificate's identity, e.g. `admin:alice`) asked it, taken
+    /// by the leader at `at_unix_ms`: fixed in the entry, so every node records the same history.
+    By { by: String, at_unix_ms: i64, command: Box<Command> },
+    /// Sets how many changes the history keeps (the oldest go first); 0 keeps none.
+    SetHistoryLimit { limit: u64 },
+}
+
+impl Command {
+    /// The command itself, without the caller and time it carries.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::By { command, .. } => command.inner(),
+            command => command,
+        }
+    }
 }
 
 /// What a successfully applied command did.
@@ -133,6 +148,11 @@ pub enum Response {
         shard: String,
         state: AdminState,
         previous: AdminState,
+    },
+    /// The history keeps at most `limit` changes now (it kept `previous`).
+    HistoryLimitSet {
+        limit: u64,
+        previous: u64,
     },
 }
 
@@ -248,6 +268,10 @@ impl fmt::Display for Response {
             }
             Response::NodeStateSet { name, state, previous, .. } => {
                 write!(f, "set node {name} to {state} (was {previous})")
+            }
+            Response::HistoryLimitSet { limit: 0, .. } => f.write_str("the history keeps no changes now"),
+            Response::HistoryLimitSet { limit, previous } => {
+                write!(f, "the history keeps the last {limit} changes (it kept {previous})")
             }
         }
     }

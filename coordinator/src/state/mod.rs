@@ -3,17 +3,22 @@
 pub mod changelog;
 mod command;
 mod edits;
+pub mod history;
 pub mod names;
 mod node_admin;
 pub mod revocations;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use command::BatchSummary;
 pub use command::Command;
 pub use command::ObjectKind;
 pub use command::Response;
 pub use command::StateError;
+use history::History;
+use history::Record;
+use history::Stamp;
 use lbfleet_proto::Fqdn;
 pub use node_admin::AdminState;
 use revocations::RevocationTarget;
@@ -34,6 +39,8 @@ pub struct State {
     pub shards: BTreeMap<String, Shard>,
     pub nodes: BTreeMap<String, BackendNode>,
     pub revocations: Revocations,
+    /// Who changed what, and when: bounded, and replicated like the rest.
+    pub history: History,
 }
 
 /// A load-balanced cluster: its config and its FQDN -> shard bindings.
@@ -89,8 +96,41 @@ impl State {
         self.apply_at(cmd, 0)
     }
 
-    /// Applies one command to the state at `version` (the log index applied last).
+    /// Applies one command to the state at `version` (the log index applied last); its changes
+    /// are recorded in the history at `version + 1`, the index of the entry that carries it.
     pub fn apply_at(&mut self, cmd: &Command, version: u64) -> Result<Response, StateError> {
+        self.apply_stamped(cmd, version, &Stamp::unattributed(version + 1))
+    }
+
+    fn apply_stamped(&mut self, cmd: &Command, version: u64, stamp: &Stamp) -> Result<Response, StateError> {
+        match cmd {
+            Command::By { by, at_unix_ms, command } => {
+                let stamp = Stamp { version: stamp.version, at_unix_ms: *at_unix_ms, by: Arc::from(by.as_str()) };
+                self.apply_stamped(command, version, &stamp)
+            }
+            // Each command succeeds or fails on its own, as if it had its own entry.
+            Command::Group(commands) => {
+                Ok(Response::Group(commands.iter().map(|c| self.apply_stamped(c, version, stamp)).collect()))
+            }
+            // A refused command still takes its log entry: the state is then at the next version,
+            // which is the one to retry with.
+            Command::Conditional { if_version, command } => match version != *if_version {
+                true => Err(StateError::Stale { if_version: *if_version, current: version + 1 }),
+                false => self.apply_stamped(command, version, stamp),
+            },
+            Command::BindBatch { cluster, entries } => self.bind_batch(cluster, entries, stamp),
+            command => {
+                let response = self.apply_one(command, version, stamp)?;
+                for record in history::records_of(self, stamp, command, &response) {
+                    self.history.push(record);
+                }
+                Ok(response)
+            }
+        }
+    }
+
+    /// Applies a command that changes one thing (the history is recorded by the caller).
+    fn apply_one(&mut self, cmd: &Command, version: u64, stamp: &Stamp) -> Result<Response, StateError> {
         match cmd {
             Command::CreateCluster { name, haproxy_container } => self.create_cluster(name, haproxy_container),
             Command::AddHost { id, cluster, address, haproxy_container } => {
@@ -103,17 +143,6 @@ impl State {
             Command::RemoveNode { name } => self.remove_node(name),
             Command::Bind { fqdn, shard, cluster } => self.bind(fqdn, shard, cluster.as_deref()),
             Command::Unbind { fqdn, cluster } => self.unbind(fqdn, cluster.as_deref()),
-            Command::BindBatch { cluster, entries } => self.bind_batch(cluster, entries),
-            // Each command succeeds or fails on its own, as if it had its own entry.
-            Command::Group(commands) => {
-                Ok(Response::Group(commands.iter().map(|c| self.apply_at(c, version)).collect()))
-            }
-            // A refused command still takes its log entry: the state is then at the next version,
-            // which is the one to retry with.
-            Command::Conditional { if_version, command } => match version != *if_version {
-                true => Err(StateError::Stale { if_version: *if_version, current: version + 1 }),
-                false => self.apply_at(command, version),
-            },
             Command::Revoke { target, at } => self.revoke(target, *at),
             Command::Unrevoke { target } => match self.revocations.unrevoke(target) {
                 Some(_) => Ok(Response::Unrevoked { target: target.clone() }),
@@ -126,6 +155,13 @@ impl State {
             Command::SetHost { id, haproxy_container } => self.set_host(id, haproxy_container),
             Command::SetNode { name, address } => self.set_node(name, address),
             Command::SetNodeState { name, state } => self.set_node_state(name, *state),
+            Command::SetHistoryLimit { limit } => {
+                Ok(Response::HistoryLimitSet { limit: *limit, previous: self.history.set_limit(*limit) })
+            }
+            // apply_stamped takes these apart before it gets here.
+            Command::By { .. } | Command::Group(_) | Command::Conditional { .. } | Command::BindBatch { .. } => {
+                self.apply_stamped(cmd, version, stamp)
+            }
         }
     }
 
@@ -288,11 +324,13 @@ impl State {
         Ok(Response::Unbound { cluster, fqdn, shard })
     }
 
-    fn bind_batch(&mut self, cluster: &str, entries: &[(Fqdn, String)]) -> Result<Response, StateError> {
+    fn bind_batch(&mut self, cluster: &str, entries: &[(Fqdn, String)], stamp: &Stamp) -> Result<Response, StateError> {
         self.cluster(cluster)?;
         let mut summary = BatchSummary::default();
-        // Shard lookups are answered once per distinct shard, not once per entry.
-        let mut shard_ok: BTreeMap<&str, Result<(), StateError>> = BTreeMap::new();
+        // Shard lookups are answered once per distinct shard, not once per entry; the answer
+        // holds the name the history records share.
+        let mut shard_ok: BTreeMap<&str, Result<Arc<str>, StateError>> = BTreeMap::new();
+        let cluster_name: Arc<str> = Arc::from(cluster);
         for (fqdn, shard) in entries {
             let verdict = shard_ok.entry(shard.as_str()).or_insert_with(|| match self.shards.get(shard.as_str()) {
                 None => Err(not_found(ObjectKind::Shard, shard)),
@@ -302,12 +340,15 @@ impl State {
                     expected: cluster.to_string(),
                     actual: s.cluster.clone(),
                 }),
-                Some(_) => Ok(()),
+                Some(_) => Ok(Arc::from(shard.as_str())),
             });
-            if let Err(error) = verdict {
-                summary.skipped.push((fqdn.to_string(), error.to_string()));
-                continue;
-            }
+            let shard_name = match verdict {
+                Ok(name) => name.clone(),
+                Err(error) => {
+                    summary.skipped.push((fqdn.to_string(), error.to_string()));
+                    continue;
+                }
+            };
             let fqdn = match revalidate(fqdn) {
                 Ok(fqdn) => fqdn,
                 Err(error) => {
@@ -316,11 +357,21 @@ impl State {
                 }
             };
             let bindings = &mut self.cluster_mut(cluster)?.bindings;
-            match bindings.insert(fqdn, shard.clone()) {
-                None => summary.added += 1,
-                Some(previous) if previous == *shard => summary.unchanged += 1,
-                Some(_) => summary.moved += 1,
-            }
+            let previous = match bindings.insert(fqdn.clone(), shard.clone()) {
+                None => {
+                    summary.added += 1;
+                    None
+                }
+                Some(previous) if previous == *shard => {
+                    summary.unchanged += 1;
+                    continue;
+                }
+                Some(previous) => {
+                    summary.moved += 1;
+                    Some(Arc::from(previous.as_str()))
+                }
+            };
+            self.history.push(Record::binding(stamp, cluster_name.clone(), fqdn, shard_name, previous));
         }
         Ok(Response::Batch(summary))
     }
