@@ -9,6 +9,8 @@ pub mod agents;
 pub mod api;
 pub mod ctl;
 pub mod daemon;
+pub mod http;
+pub mod metrics;
 pub mod pki;
 pub mod raft;
 pub mod snapshot_file;

@@ -21,6 +21,7 @@ use super::lb_state;
 use super::node_sessions;
 use super::snapshot;
 use crate::agents::registry::AgentRegistry;
+use crate::metrics::WriteMetrics;
 use crate::raft::state_machine::SharedState;
 use crate::raft::Member;
 use crate::raft::NodeId;
@@ -54,8 +55,9 @@ impl AdminService {
         forwarder: Forwarder,
         committed: Arc<AtomicU64>,
         agents: Arc<AgentRegistry>,
+        metrics: WriteMetrics,
     ) -> AdminService {
-        let writes = GroupCommit::spawn(raft.clone());
+        let writes = GroupCommit::spawn(raft.clone(), metrics);
         AdminService { raft, shared, forwarder, committed, agents, writes }
     }
 
@@ -282,38 +284,49 @@ impl AdminService {
     }
 
     fn status_reply(&self) -> pb::StatusReply {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let replication = metrics.replication.clone().unwrap_or_default();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| {
-                let matched = replication.get(id).copied().flatten();
-                pb::Member {
-                    id: *id,
-                    address: node.addr.clone(),
-                    voter: voters.contains(id),
-                    matched_index: matched.map(|m| m.index).unwrap_or(0),
-                    has_matched: matched.is_some(),
-                }
-            })
-            .collect();
-        let leader_address =
-            metrics.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
-        pb::StatusReply {
-            node_id: metrics.id,
-            state: format!("{:?}", metrics.state),
-            current_leader: metrics.current_leader.unwrap_or(0),
-            has_leader: metrics.current_leader.is_some(),
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: self.committed.load(std::sync::atomic::Ordering::Relaxed),
-            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-            members,
-            leader_address,
-            agents: self.agents.all(self.shared.read().version()),
-            revocations: convert::revocations(&self.shared.read().state.revocations),
-        }
+        status_reply(&self.raft, &self.committed, &self.agents, &self.shared)
+    }
+}
+
+/// This node's Raft view, the members, the agents whose streams it serves and the revocations:
+/// what `lbfleet status` prints and the status page shows.
+pub fn status_reply(
+    raft: &Raft,
+    committed: &AtomicU64,
+    agents: &AgentRegistry,
+    shared: &SharedState,
+) -> pb::StatusReply {
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let replication = metrics.replication.clone().unwrap_or_default();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched = replication.get(id).copied().flatten();
+            pb::Member {
+                id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: matched.map(|m| m.index).unwrap_or(0),
+                has_matched: matched.is_some(),
+            }
+        })
+        .collect();
+    let leader_address =
+        metrics.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
+    pb::StatusReply {
+        node_id: metrics.id,
+        state: format!("{:?}", metrics.state),
+        current_leader: metrics.current_leader.unwrap_or(0),
+        has_leader: metrics.current_leader.is_some(),
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        committed_index: committed.load(std::sync::atomic::Ordering::Relaxed),
+        applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+        members,
+        leader_address,
+        agents: agents.all(shared.read().version()),
+        revocations: convert::revocations(&shared.read().state.revocations),
     }
 }

@@ -185,7 +185,7 @@ fn server_ready(server: &pb::ServerHealth) -> bool {
 }
 
 /// How long ago something happened, coarsely: "<1 s", "42 s", "5 min", "3 h", "2 d".
-fn age(ms: i64) -> String {
+pub(crate) fn age(ms: i64) -> String {
     let secs = ms.max(0) / 1000;
     match secs {
         0 => "<1 s".to_string(),
