@@ -7,11 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lbfleet_proto::ops_http::Readiness;
+use openraft::error::CheckIsLeaderError;
+use openraft::error::RaftError;
 
 use crate::raft::Raft;
 
 /// How long a leader waits for a majority to confirm it before it answers not ready.
 const QUORUM_WAIT: Duration = Duration::from_secs(1);
+/// Why a leader that a majority does not confirm is not ready.
+pub const NO_MAJORITY: &str = "this node leads but no majority of the voters confirms it";
 /// How long the check waits for the applied index to reach the committed one.
 const APPLY_WAIT: Duration = Duration::from_secs(1);
 
@@ -31,8 +35,14 @@ async fn check(raft: &Raft, committed: &AtomicU64) -> Result<String, String> {
         // A leader cut off from its peers keeps believing it leads: ask a majority.
         match tokio::time::timeout(QUORUM_WAIT, raft.ensure_linearizable()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(format!("leadership not confirmed: {error}")),
-            Err(_) => return Err(format!("this node leads but no majority confirmed it within {QUORUM_WAIT:?}")),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                return Err("leadership moved while checking".into())
+            }
+            Ok(Err(RaftError::Fatal(error))) => return Err(format!("Raft stopped: {error}")),
+            // The voters answered, too few of them, or not in time.
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
+                return Err(NO_MAJORITY.into())
+            }
         }
     }
     let target = committed.load(Ordering::Relaxed);
