@@ -177,45 +177,55 @@ impl Collector for RaftCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader;
-        gauge(&mut encoder, "lbfleet_raft_term", "The current Raft term", signed(metrics.current_term))?;
-        gauge(&mut encoder, "lbfleet_raft_has_leader", "1 when this node knows a leader", i64::from(leader.is_some()))?;
+        gauge(&mut encoder, "lbfleet_raft_term", "The current Raft term.", signed(metrics.current_term))?;
+        gauge(
+            &mut encoder,
+            "lbfleet_raft_has_leader",
+            "1 when this node knows a leader.",
+            i64::from(leader.is_some()),
+        )?;
         gauge(
             &mut encoder,
             "lbfleet_raft_is_leader",
-            "1 when this node is the leader",
+            "1 when this node is the leader.",
             i64::from(leader == Some(metrics.id)),
         )?;
         if let Some(leader) = leader {
-            gauge(&mut encoder, "lbfleet_raft_leader_id", "The node id of the leader this node knows", signed(leader))?;
+            gauge(
+                &mut encoder,
+                "lbfleet_raft_leader_id",
+                "The node id of the leader this node knows.",
+                signed(leader),
+            )?;
         }
         gauge(
             &mut encoder,
             "lbfleet_raft_last_log_index",
-            "Index of the last entry in this node's log",
+            "Index of the last entry in this node's log.",
             signed(metrics.last_log_index.unwrap_or(0)),
         )?;
         gauge(
             &mut encoder,
             "lbfleet_raft_commit_index",
-            "Index of the last entry this node knows committed",
+            "Index of the last entry this node knows committed.",
             signed(self.committed.load(Ordering::Relaxed)),
         )?;
         gauge(
             &mut encoder,
             "lbfleet_raft_applied_index",
-            "Index of the last entry applied to this node's state (the state version)",
+            "Index of the last entry applied to this node's state (the state version).",
             signed(metrics.last_applied.map(|l| l.index).unwrap_or(0)),
         )?;
         gauge(
             &mut encoder,
             "lbfleet_raft_snapshot_index",
-            "Index of the last entry in this node's snapshot",
+            "Index of the last entry in this node's snapshot.",
             signed(metrics.snapshot.map(|l| l.index).unwrap_or(0)),
         )?;
         let built = ConstCounter::new(self.shared.snapshots_built());
         let metric = encoder.encode_descriptor(
             "lbfleet_raft_snapshots_built",
-            "Snapshots this node built since it started (not those installed from the leader)",
+            "Snapshots this node built since it started (not those installed from the leader).",
             None,
             built.metric_type(),
         )?;
@@ -243,14 +253,14 @@ impl Collector for AgentCollector {
         gauge(
             &mut encoder,
             "lbfleet_agents_connected",
-            "Agents with an open stream to this node",
+            "Agents with an open stream to this node.",
             signed(connected as u64),
         )?;
         let labels = |host: &str, cluster: &str| HostLabels { host: host.to_owned(), cluster: cluster.to_owned() };
         let per_host = [
-            ("lbfleet_agent_connected", "1 while the host's agent has an open stream to this node"),
-            ("lbfleet_agent_acked_version", "The last state version the host's agent acknowledged"),
-            ("lbfleet_agent_lag_versions", "State versions the host's agent has not acknowledged yet"),
+            ("lbfleet_agent_connected", "1 while the host's agent has an open stream to this node."),
+            ("lbfleet_agent_acked_version", "The last state version the host's agent acknowledged."),
+            ("lbfleet_agent_lag_versions", "State versions the host's agent has not acknowledged yet."),
         ];
         for (name, help) in per_host {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -265,7 +275,7 @@ impl Collector for AgentCollector {
         }
         let mut metric = encoder.encode_descriptor(
             "lbfleet_agent_nacks",
-            "Versions the host's agent could not apply (NACKs), since this node started",
+            "Versions the host's agent could not apply (NACKs), since this node started.",
             None,
             MetricType::Counter,
         )?;

@@ -43,7 +43,8 @@ async fn chromium(url: &str, args: &[&str], profile: &Path) -> anyhow::Result<St
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(BROWSER, run).await.with_context(|| format!("chromium took over {BROWSER:?}"))??;
+    let output =
+        tokio::time::timeout(BROWSER, run).await.with_context(|| format!("chromium took over {BROWSER:?}"))??;
     anyhow::ensure!(
         output.status.success(),
         "chromium failed ({}): {}",
