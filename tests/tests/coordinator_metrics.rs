@@ -22,6 +22,8 @@ const REQUEST: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(30);
 /// Binds written between the two scrapes.
 const BINDS: u64 = 7;
+/// `--snapshot-every` of the nodes: fewer entries than the test writes.
+const SNAPSHOT_EVERY: u64 = 4;
 
 async fn get(address: SocketAddr, path: &str) -> anyhow::Result<HttpAnswer> {
     http_get_path(address, "localhost", path, REQUEST).await
@@ -59,7 +61,8 @@ async fn write(client: &lbfleet_coordinator::ctl::client::Client, kind: Kind) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_move_the_leaders_metrics_and_readiness_follows_the_group() -> anyhow::Result<()> {
-    let options = ClusterOptions { metrics: true, ..ClusterOptions::default() };
+    // Snapshots every few entries, so that the writes below make every node build some.
+    let options = ClusterOptions { metrics: true, snapshot_every: Some(SNAPSHOT_EVERY), ..ClusterOptions::default() };
     let mut cluster = ProcessCluster::start_with(3, options)?;
     let client = cluster.client().await?;
     let leader = cluster.leader_index(&client).await?;
@@ -111,7 +114,24 @@ async fn writes_move_the_leaders_metrics_and_readiness_follows_the_group() -> an
         if index != leader {
             // Followers take no writes of their own: the leader measures forwarded ones.
             assert_eq!(writes(&exposition, "bind", "ok"), 0.0);
+            let page = get(address, "/").await?;
+            let leader_address = cluster.endpoint(leader);
+            let pointer =
+                format!("the agents stream to the leader, node {} at {leader_address}", cluster.node_id(leader));
+            assert!(
+                page.status == 200 && page.body.contains(&pointer),
+                "a follower's page names the leader:\n{}",
+                page.body
+            );
         }
+        // Every node builds its own snapshots, in the background.
+        wait_for("a snapshot built", SETTLE, || async {
+            let exposition = scrape(address).await.ok()?;
+            let built = exposition.value("lbfleet_raft_snapshots_built_total", &[])?;
+            let index = exposition.value("lbfleet_raft_snapshot_index", &[])?;
+            (built >= 1.0 && index >= SNAPSHOT_EVERY as f64).then_some(())
+        })
+        .await?;
     }
 
     // A lone follower: its peers are gone, no leader is known, it is not ready but alive.
