@@ -67,7 +67,7 @@ impl WriteMetrics {
         WriteTimer { metrics: self, kind: command_kind(command), started: Instant::now() }
     }
 
-    /// One log entry written by the group commit, carrying `commands` client commands.
+    /// One log entry committed by the group commit, carrying `commands` client commands.
     pub fn entry(&self, commands: usize) {
         self.entry_commands.observe(commands as f64);
     }
@@ -82,7 +82,7 @@ impl WriteMetrics {
         );
         registry.register(
             "lbfleet_group_commit_entry_commands",
-            "Client commands per Raft log entry written by the group commit",
+            "Client commands per Raft log entry committed by the group commit",
             self.entry_commands.clone(),
         );
     }

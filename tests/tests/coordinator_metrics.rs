@@ -22,6 +22,8 @@ const REQUEST: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(30);
 /// Binds written between the two scrapes.
 const BINDS: u64 = 7;
+/// Binds written at once, to be folded into fewer log entries.
+const CONCURRENT: u64 = 40;
 /// `--snapshot-every` of the nodes: fewer entries than the test writes.
 const SNAPSHOT_EVERY: u64 = 4;
 
@@ -97,6 +99,24 @@ async fn writes_move_the_leaders_metrics_and_readiness_follows_the_group() -> an
     // One client writing one command at a time: every write is a log entry of its own.
     let entries = gauge_or_zero(&after, "lbfleet_group_commit_entry_commands_count") - entries_before;
     assert_eq!(entries, BINDS as f64 + 1.0);
+
+    // Concurrent writers share log entries; every command is counted in exactly one.
+    let binds = (0..CONCURRENT).map(|i| {
+        let bind = pb::Bind { fqdn: format!("shop-{i}.example.com"), shard: "s1".into(), cluster: String::new() };
+        client.write(Kind::Bind(bind))
+    });
+    for result in futures::future::join_all(binds).await {
+        result?;
+    }
+    let folded = scrape(addresses[leader]).await?;
+    assert_eq!(writes(&folded, "bind", "ok") - writes(&after, "bind", "ok"), CONCURRENT as f64);
+    let commands = gauge(&folded, "lbfleet_group_commit_entry_commands_sum")
+        - gauge(&after, "lbfleet_group_commit_entry_commands_sum");
+    assert_eq!(commands, CONCURRENT as f64);
+    let entries = gauge(&folded, "lbfleet_group_commit_entry_commands_count")
+        - gauge(&after, "lbfleet_group_commit_entry_commands_count");
+    assert!((1.0..=CONCURRENT as f64).contains(&entries), "{entries} entries for {CONCURRENT} concurrent binds");
+
     assert_eq!(gauge(&after, "lbfleet_raft_is_leader"), 1.0);
     assert_eq!(gauge(&after, "lbfleet_raft_leader_id"), cluster.node_id(leader) as f64);
     assert!(gauge(&after, "lbfleet_raft_applied_index") >= version as f64);

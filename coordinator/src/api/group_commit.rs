@@ -111,16 +111,19 @@ fn is_bulk(command: &Command) -> bool {
 }
 
 async fn commit(raft: &Raft, metrics: &WriteMetrics, mut group: Vec<Pending>) {
-    metrics.entry(group.len());
     if group.len() == 1 {
         let Pending { command, reply } = group.remove(0);
         let result = raft.client_write(command).await.map(|w| (w.log_id.index, w.data)).map_err(write_failed);
+        if result.is_ok() {
+            metrics.entry(1);
+        }
         let _ = reply.send(result);
         return;
     }
     let (commands, replies): (Vec<Command>, Vec<_>) = group.into_iter().map(|p| (p.command, p.reply)).unzip();
     match raft.client_write(Command::Group(commands)).await {
         Ok(written) => {
+            metrics.entry(replies.len());
             let version = written.log_id.index;
             let results = match written.data {
                 Ok(Response::Group(results)) => results,
