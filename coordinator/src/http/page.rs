@@ -593,6 +593,50 @@ mod tests {
     }
 
     #[test]
+    fn failed_probes_reloads_and_drift_are_marked_bad() {
+        let now = 1_700_000_060_000;
+        let failed = |error: &str| Some(pb::ProbeResult { ok: false, error: error.into(), at_unix_ms: now });
+        let fine = Some(pb::ProbeResult { ok: true, error: String::new(), at_unix_ms: now });
+        let mut report = report("UP", 0);
+        report.has_probes = true;
+        report.probes = Some(pb::HostProbes {
+            container: fine.clone(),
+            admin_socket: failed("connection refused"),
+            frontends: fine,
+            fqdns: vec![pb::FqdnProbe {
+                fqdn: "www.example.com".into(),
+                expected_shard: "s1".into(),
+                served_shard: "s2".into(),
+                ok: false,
+                error: "served by shard s2".into(),
+                at_unix_ms: now - 5_000,
+                ..Default::default()
+            }],
+            fqdn_probes: 9,
+            fqdn_probes_failed: 1,
+        });
+        report.has_last_reload = true;
+        report.last_reload = Some(pb::ReloadReport {
+            at_unix_ms: now - 120_000,
+            error: "haproxy -c failed".into(),
+            ..Default::default()
+        });
+        report.last_drift = Some(pb::DriftReport { missing: 3, found_at_unix_ms: now - 1_000, ..Default::default() });
+        let page = StatusPage::build(&status(1, vec![agent("lb-a", 42, Some(report))]), &applied(), &[], now);
+        let row = page.hosts.iter().find(|h| h.host == "lb-a").unwrap();
+        assert_eq!((row.checks.class, row.checks.text.as_str()), ("bad", "admin socket: connection refused"));
+        assert_eq!(row.probe.class, "bad");
+        assert_eq!(
+            row.probe.text,
+            "www.example.com: expected shard s1, served by shard s2, 5 s ago (1 of 9 failed since start)"
+        );
+        assert_eq!((row.reload.class, row.reload.text.as_str()), ("bad", "FAILED 2 min ago: haproxy -c failed"));
+        assert_eq!((row.drift.class, row.drift.text.as_str()), ("bad", "3 missing, found 1 s ago, not repaired"));
+        let never = page.hosts.iter().find(|h| h.host == "lb-b").unwrap();
+        assert_eq!((never.agent.class, never.agent.text.as_str()), ("bad", "never connected"));
+    }
+
+    #[test]
     fn a_follower_points_at_the_leader() {
         let page = StatusPage::build(&status(2, Vec::new()), &applied(), &[], 0).render().unwrap();
         assert!(page.contains("the agents stream to the leader, node 2 at 127.0.0.1:7401"), "{page}");
