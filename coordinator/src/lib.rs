@@ -15,3 +15,4 @@ pub mod pki;
 pub mod raft;
 pub mod snapshot_file;
 pub mod state;
+pub mod when;

@@ -24,8 +24,8 @@ use prometheus_client::registry::Unit;
 use tonic::Status;
 
 use crate::agents::registry::AgentRegistry;
-use crate::api::group_commit::Committed;
 use crate::raft::state_machine::SharedState;
+use crate::raft::CommandResult;
 use crate::raft::Raft;
 use crate::state::Command;
 
@@ -97,7 +97,7 @@ pub struct WriteTimer<'a> {
 
 impl WriteTimer<'_> {
     /// Records the write's latency under its kind and the result it had.
-    pub fn finish(self, result: &Result<Committed, Status>) {
+    pub fn finish(self, result: &Result<(u64, CommandResult), Status>) {
         let result = match result {
             Ok((_, Ok(_))) => "ok",
             Ok((_, Err(_))) => "refused",

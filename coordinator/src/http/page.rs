@@ -11,9 +11,11 @@ use lbfleet_proto::pb;
 
 use super::OpsSources;
 use crate::api::admin::status_reply;
-use crate::ctl::status_output::age;
 use crate::raft::state_machine::Applied;
+use crate::state::revocations::unix_time;
 use crate::state::State;
+use crate::when::age;
+use crate::when::unix_now_ms;
 
 /// History records the page lists, newest first.
 const HISTORY_ROWS: usize = 20;
@@ -158,7 +160,7 @@ impl StatusPage {
         let agents: BTreeMap<&str, &pb::AgentStatus> =
             if leads { status.agents.iter().map(|a| (a.host.as_str(), a)).collect() } else { BTreeMap::new() };
         StatusPage {
-            generated: utc(now_ms),
+            generated: unix_time_ms(now_ms),
             version: applied.version(),
             node: node_summary(status),
             members: members(status),
@@ -454,6 +456,11 @@ fn server_cell(health: &pb::ServerHealth) -> Cell {
     }
 }
 
+/// A Unix time in ms as RFC 3339 UTC, to the second.
+fn unix_time_ms(unix_ms: i64) -> String {
+    unix_time(u64::try_from(unix_ms / 1000).unwrap_or(0))
+}
+
 fn history_row(record: &pb::HistoryRecord) -> HistoryRow {
     let what = if record.fqdn.is_empty() {
         record.subject.clone()
@@ -465,33 +472,13 @@ fn history_row(record: &pb::HistoryRecord) -> HistoryRow {
         record.fqdn.clone()
     };
     HistoryRow {
-        at: utc(record.at_unix_ms),
+        at: unix_time_ms(record.at_unix_ms),
         by: record.by.clone(),
         action: record.action.clone(),
         cluster: record.cluster.clone(),
         what,
         detail: record.detail.clone(),
     }
-}
-
-/// "2026-11-28 00:40:12 UTC".
-fn utc(unix_ms: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000) {
-        Ok(at) => format!(
-            "{}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute(),
-            at.second()
-        ),
-        Err(_) => format!("{unix_ms} ms"),
-    }
-}
-
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -663,6 +650,6 @@ mod tests {
             .unwrap();
         assert!(!page.contains(hostile) && !page.contains("<b>eve"), "{page}");
         assert!(page.contains("&#60;script&#62;") || page.contains("&lt;script&gt;"), "{page}");
-        assert!(page.contains("2023-11-14 22:13:20 UTC") && page.contains("www.example.com → s1"), "{page}");
+        assert!(page.contains("2023-11-14T22:13:20Z") && page.contains("www.example.com → s1"), "{page}");
     }
 }
