@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs lbfleet's whole test suite: formatting, lints, unit, cluster, process and Docker tests.
 # Builds what the tests need first (binaries, and the images without a registry: HAProxy, nginx,
-# and the coordinator and agent images of the chaos tests' compose fleet) and installs wrk
-# (Debian's package, as root) when it is missing.
+# and the coordinator and agent images of the chaos tests' compose fleet) and installs wrk and
+# chromium (Debian's packages, as root) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +37,19 @@ elif [ -n "${CI:-}" ]; then
   exit 1
 else
   echo "no wrk and not root: the wrk test will say so and skip (it fails when CI is set)"
+fi
+
+step "chromium for the status page test"
+if command -v chromium >/dev/null; then
+  echo "chromium: $(command -v chromium)"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+elif [ -n "${CI:-}" ]; then
+  echo "error: CI is set and chromium is missing; install it (Debian: apt-get install chromium)" >&2
+  exit 1
+else
+  echo "no chromium and not root: the status page test will say so and skip (it fails when CI is set)"
 fi
 
 step "lints"

@@ -72,6 +72,7 @@ impl TestCluster {
             bootstrap: BTreeMap::new(),
             snapshot_every: self.snapshot_every,
             keep_logs_behind_snapshot: 0,
+            metrics_listen: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod docker_lab;
 pub mod frozen;
 pub mod inproc;
 pub mod measure;
+pub mod openmetrics;
 pub mod poll;
 pub mod process;
 pub mod wrk;

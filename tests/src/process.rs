@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::net::TcpListener;
 use std::path::Path;
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ const TERMINATE_DEADLINE: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of a node's log quoted when it fails.
 const LOG_TAIL_LINES: usize = 30;
+/// Written to a node's log before each start.
+const START_MARK: &str = "--- lbfleet-tests: starting node ";
 
 /// The `lbfleet` binary to run: `LBFLEET_BIN`, else the newer of the workspace's release and debug builds.
 pub fn lbfleet_binary() -> PathBuf {
@@ -88,11 +91,13 @@ pub struct ClusterOptions {
     pub snapshot_every: Option<u64>,
     /// `LBFLEET_LOG` for the nodes; `None` keeps the caller's environment (or the binary's default).
     pub log_filter: Option<String>,
+    /// Starts every node with `--metrics-listen 127.0.0.1:0`; `metrics_addr` reads the port back.
+    pub metrics: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
-        ClusterOptions { binary: lbfleet_binary(), snapshot_every: None, log_filter: None }
+        ClusterOptions { binary: lbfleet_binary(), snapshot_every: None, log_filter: None, metrics: false }
     }
 }
 
@@ -301,6 +306,19 @@ impl ProcessCluster {
         self.spawn(index, None)
     }
 
+    /// The address of the operators' HTTP listener of the node at `index` (started with
+    /// `ClusterOptions::metrics`), from its log since it was last started.
+    pub async fn metrics_addr(&self, index: usize) -> anyhow::Result<SocketAddr> {
+        anyhow::ensure!(self.options.metrics, "the cluster was started without ClusterOptions::metrics");
+        let found = crate::poll::wait_for("the node to log its metrics address", LEADER_DEADLINE, || async {
+            let log = self.log(index);
+            let since_start = log.rsplit(START_MARK).next().unwrap_or_default();
+            logged_metrics_addr(since_start)
+        })
+        .await;
+        found.with_context(|| format!("node {}:\n{}", self.nodes[index].id, tail(&self.log(index), LOG_TAIL_LINES)))
+    }
+
     /// Everything the node at `index` has logged, across restarts.
     pub fn log(&self, index: usize) -> String {
         std::fs::read(&self.nodes[index].log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
@@ -309,7 +327,7 @@ impl ProcessCluster {
     fn spawn(&mut self, index: usize, bootstrap: Option<&str>) -> anyhow::Result<()> {
         let node = &self.nodes[index];
         let mut log = OpenOptions::new().create(true).append(true).open(&node.log_path)?;
-        writeln!(log, "--- lbfleet-tests: starting node {} (bootstrap: {}) ---", node.id, bootstrap.is_some())?;
+        writeln!(log, "{START_MARK}{} (bootstrap: {}) ---", node.id, bootstrap.is_some())?;
         let mut command = Command::new(&self.options.binary);
         command
             .args(["coordinator", "run", "--node-id", &node.id.to_string(), "--listen", &node.address])
@@ -325,6 +343,9 @@ impl ProcessCluster {
         }
         if let Some(every) = self.options.snapshot_every {
             command.args(["--snapshot-every", &every.to_string()]);
+        }
+        if self.options.metrics {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
         if let Some(filter) = &self.options.log_filter {
             command.env("LBFLEET_LOG", filter);
@@ -375,8 +396,47 @@ pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
     Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The address of the `metrics listening` line in a daemon's log (plain or coloured).
+pub fn logged_metrics_addr(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().map(strip_ansi).find(|line| line.contains("metrics listening"))?;
+    let value = line.split("local_addr=").nth(1)?;
+    value.split_whitespace().next()?.parse().ok()
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_address_is_read_from_plain_and_coloured_logs() {
+        let plain = "2026-11-28T00:40:00Z  INFO lbfleet_coordinator::daemon::server: metrics listening local_addr=127.0.0.1:41234\n";
+        assert_eq!(logged_metrics_addr(plain), Some("127.0.0.1:41234".parse().unwrap()));
+        let coloured = "\u{1b}[32m INFO\u{1b}[0m \u{1b}[2mserver\u{1b}[0m: metrics listening \u{1b}[3mlocal_addr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:5\n";
+        assert_eq!(logged_metrics_addr(coloured), Some("127.0.0.1:5".parse().unwrap()));
+        assert_eq!(logged_metrics_addr("coordinator listening local_addr=127.0.0.1:7\n"), None);
+    }
 }

@@ -25,6 +25,8 @@ struct AgentEntry {
     connected: bool,
     acked: u64,
     nacked: Option<(u64, String)>,
+    /// NACKs received since this node started, for the metrics.
+    nacks: u64,
     last_seen: Instant,
     report: Option<pb::AgentReport>,
     asks: Option<mpsc::Sender<ReportAsk>>,
@@ -75,6 +77,7 @@ impl AgentRegistry {
             connected: true,
             acked: 0,
             nacked: None,
+            nacks: 0,
             last_seen: Instant::now(),
             report: None,
             asks: None,
@@ -126,7 +129,10 @@ impl AgentRegistry {
 
     /// The agent could not apply `version`.
     pub fn nack(&self, handle: &SessionHandle, version: u64, error: String) {
-        self.with_entry(handle, |entry| entry.nacked = Some((version, error)));
+        self.with_entry(handle, |entry| {
+            entry.nacked = Some((version, error));
+            entry.nacks += 1;
+        });
         self.acks.send_modify(|n| *n += 1);
     }
 
@@ -172,6 +178,13 @@ impl AgentRegistry {
             report: entry.report.clone(),
             served_by: self.node_id,
         }
+    }
+
+    /// Every known host with the NACKs its agent sent to this node since it started.
+    pub fn nacks(&self) -> Vec<(String, u64)> {
+        let mut nacks: Vec<(String, u64)> = self.agents().iter().map(|(host, e)| (host.clone(), e.nacks)).collect();
+        nacks.sort();
+        nacks
     }
 
     /// Waits until every host in `hosts` is connected and acknowledged `version`, or `timeout` passes.

@@ -23,6 +23,7 @@ use super::lb_state;
 use super::node_sessions;
 use super::snapshot;
 use crate::agents::registry::AgentRegistry;
+use crate::metrics::WriteMetrics;
 use crate::raft::state_machine::SharedState;
 use crate::raft::Member;
 use crate::raft::NodeId;
@@ -56,8 +57,9 @@ impl AdminService {
         forwarder: Forwarder,
         committed: Arc<AtomicU64>,
         agents: Arc<AgentRegistry>,
+        metrics: WriteMetrics,
     ) -> AdminService {
-        let writes = GroupCommit::spawn(raft.clone());
+        let writes = GroupCommit::spawn(raft.clone(), metrics);
         AdminService { raft, shared, forwarder, committed, agents, writes }
     }
 
@@ -102,8 +104,11 @@ impl pb::admin_server::Admin for AdminService {
             command = crate::state::Command::Conditional { if_version: request.if_version, command: Box::new(command) };
         }
         // The caller and the leader's clock go into the entry: apply must not read either.
-        command =
-            crate::state::Command::By { by: caller.to_string(), at_unix_ms: unix_ms_now(), command: Box::new(command) };
+        command = crate::state::Command::By {
+            by: caller.to_string(),
+            at_unix_ms: crate::when::unix_now_ms(),
+            command: Box::new(command),
+        };
         let (version, result) = self.writes.write(command).await?;
         let response = result.map_err(convert::state_error_to_status)?;
         Ok(Response::new(convert::write_reply(version, &response)))
@@ -302,49 +307,55 @@ impl AdminService {
     }
 
     fn status_reply(&self) -> pb::StatusReply {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let replication = metrics.replication.clone().unwrap_or_default();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| {
-                let matched = replication.get(id).copied().flatten();
-                pb::Member {
-                    id: *id,
-                    address: node.addr.clone(),
-                    voter: voters.contains(id),
-                    matched_index: matched.map(|m| m.index).unwrap_or(0),
-                    has_matched: matched.is_some(),
-                }
-            })
-            .collect();
-        let leader_address =
-            metrics.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
-        // One read guard for both: std's RwLock queues new readers behind a waiting writer, so a
-        // second `read()` while the first guard lives deadlocks against apply.
-        let (agents, revocations) = {
-            let applied = self.shared.read();
-            (self.agents.all(applied.version()), convert::revocations(&applied.state.revocations))
-        };
-        pb::StatusReply {
-            node_id: metrics.id,
-            state: format!("{:?}", metrics.state),
-            current_leader: metrics.current_leader.unwrap_or(0),
-            has_leader: metrics.current_leader.is_some(),
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: self.committed.load(std::sync::atomic::Ordering::Relaxed),
-            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-            members,
-            leader_address,
-            agents,
-            revocations,
-        }
+        status_reply(&self.raft, &self.committed, &self.agents, &self.shared)
     }
 }
 
-/// Milliseconds since 1970 on this node's clock.
-fn unix_ms_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
+/// This node's Raft view, the members, the agents whose streams it serves and the revocations:
+/// what `lbfleet status` prints and the status page shows.
+pub fn status_reply(
+    raft: &Raft,
+    committed: &AtomicU64,
+    agents: &AgentRegistry,
+    shared: &SharedState,
+) -> pb::StatusReply {
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let replication = metrics.replication.clone().unwrap_or_default();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched = replication.get(id).copied().flatten();
+            pb::Member {
+                id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: matched.map(|m| m.index).unwrap_or(0),
+                has_matched: matched.is_some(),
+            }
+        })
+        .collect();
+    let leader_address =
+        metrics.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default();
+    // One read guard for both: std's RwLock queues new readers behind a waiting writer, so a
+    // second `read()` while the first guard lives deadlocks against apply.
+    let (agents, revocations) = {
+        let applied = shared.read();
+        (agents.all(applied.version()), convert::revocations(&applied.state.revocations))
+    };
+    pb::StatusReply {
+        node_id: metrics.id,
+        state: format!("{:?}", metrics.state),
+        current_leader: metrics.current_leader.unwrap_or(0),
+        has_leader: metrics.current_leader.is_some(),
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        committed_index: committed.load(std::sync::atomic::Ordering::Relaxed),
+        applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+        members,
+        leader_address,
+        agents,
+        revocations,
+    }
 }

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tonic::Status;
 
+use crate::metrics::WriteMetrics;
 use crate::raft::CommandResult;
 use crate::raft::NodeId;
 use crate::raft::Raft;
@@ -41,18 +42,26 @@ struct Pending {
 #[derive(Clone)]
 pub struct GroupCommit {
     queue: mpsc::Sender<Pending>,
+    metrics: WriteMetrics,
 }
 
 impl GroupCommit {
-    /// Starts the writer task for `raft`.
-    pub fn spawn(raft: Raft) -> GroupCommit {
+    /// Starts the writer task for `raft`; writes and log entries are counted in `metrics`.
+    pub fn spawn(raft: Raft, metrics: WriteMetrics) -> GroupCommit {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(raft, receiver));
-        GroupCommit { queue }
+        tokio::spawn(writer(raft, receiver, metrics.clone()));
+        GroupCommit { queue, metrics }
     }
 
     /// Commits `command`, alone or together with others, and returns its version and result.
     pub async fn write(&self, command: Command) -> Result<Committed, Status> {
+        let timer = self.metrics.start(&command);
+        let result = self.submit(command).await;
+        timer.finish(&result);
+        result
+    }
+
+    async fn submit(&self, command: Command) -> Result<Committed, Status> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { command, reply })
@@ -62,7 +71,7 @@ impl GroupCommit {
     }
 }
 
-async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
+async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>, metrics: WriteMetrics) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // Waiting for a free slot first lets commands pile up into the next group meanwhile.
@@ -84,10 +93,11 @@ async fn writer(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
             }
         }
         let raft = raft.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            commit(&raft, group).await;
+            commit(&raft, &metrics, group).await;
             if let Some(bulk) = bulk {
-                commit(&raft, vec![bulk]).await;
+                commit(&raft, &metrics, vec![bulk]).await;
             }
             drop(slot);
         });
@@ -100,16 +110,20 @@ fn is_bulk(command: &Command) -> bool {
     matches!(command.inner(), Command::BindBatch { .. } | Command::Conditional { .. })
 }
 
-async fn commit(raft: &Raft, mut group: Vec<Pending>) {
+async fn commit(raft: &Raft, metrics: &WriteMetrics, mut group: Vec<Pending>) {
     if group.len() == 1 {
         let Pending { command, reply } = group.remove(0);
         let result = raft.client_write(command).await.map(|w| (w.log_id.index, w.data)).map_err(write_failed);
+        if result.is_ok() {
+            metrics.entry(1);
+        }
         let _ = reply.send(result);
         return;
     }
     let (commands, replies): (Vec<Command>, Vec<_>) = group.into_iter().map(|p| (p.command, p.reply)).unzip();
     match raft.client_write(Command::Group(commands)).await {
         Ok(written) => {
+            metrics.entry(replies.len());
             let version = written.log_id.index;
             let results = match written.data {
                 Ok(Response::Group(results)) => results,

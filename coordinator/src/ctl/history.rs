@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use std::time::SystemTime;
-use std::time::UNIX_EPOCH;
 
 use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::pb;
@@ -17,6 +15,8 @@ use super::cli::HistoryArgs;
 use super::client::Client;
 use super::client::ClientError;
 use super::output::print_json;
+use crate::when::unix_now_ms;
+use crate::when::utc;
 
 /// Why a `--since` value is refused.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub struct HistoryReport {
 /// The request the flags ask for, checked before anything is sent.
 pub fn request(args: &HistoryArgs) -> anyhow::Result<pb::HistoryRequest> {
     let since_unix_ms = match &args.since {
-        Some(since) => since_unix_ms(since, now_unix_ms())?,
+        Some(since) => since_unix_ms(since, unix_now_ms())?,
         None => 0,
     };
     let fqdn = match &args.fqdn {
@@ -162,22 +162,6 @@ fn what(record: &pb::HistoryRecord) -> String {
         text.push_str(&format!(" [cluster {}]", record.cluster));
     }
     text
-}
-
-/// A Unix time in ms as RFC 3339 UTC to the second; `-` when the change carries none.
-fn utc(unix_ms: i64) -> String {
-    if unix_ms <= 0 {
-        return "-".to_string();
-    }
-    OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000))
-        .ok()
-        .and_then(|at| at.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{unix_ms} ms after 1970"))
-}
-
-/// Milliseconds since 1970 on this machine's clock.
-fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }
 
 /// `--since`: an RFC 3339 time, or a duration (`90s`, `10m`, `2h`, `3d`) before `now_unix_ms`.

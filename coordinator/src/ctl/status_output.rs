@@ -7,6 +7,8 @@ use serde::Serialize;
 use super::client::ClientError;
 use super::output::print_json;
 use crate::state::revocations::unix_time;
+use crate::when::age;
+use crate::when::unix_now_ms;
 
 /// `status --json`: the answering node's view of the leader, each member's own Raft view, and the agents.
 #[derive(Serialize)]
@@ -182,22 +184,6 @@ fn servers_not_ready(agents: &[pb::AgentStatus]) {
 fn server_ready(server: &pb::ServerHealth) -> bool {
     let admin_ready = server.admin.is_empty() || server.admin.eq_ignore_ascii_case("ready");
     admin_ready && server.status.starts_with("UP")
-}
-
-/// How long ago something happened, coarsely: "<1 s", "42 s", "5 min", "3 h", "2 d".
-fn age(ms: i64) -> String {
-    let secs = ms.max(0) / 1000;
-    match secs {
-        0 => "<1 s".to_string(),
-        1..=119 => format!("{secs} s"),
-        120..=7_199 => format!("{} min", secs / 60),
-        7_200..=172_799 => format!("{} h", secs / 3600),
-        _ => format!("{} d", secs / 86_400),
-    }
-}
-
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }
 
 /// The revoked hosts and serials, if any.

@@ -45,6 +45,11 @@ lbfleet_proto::settings! {
         /// Log entries kept behind a snapshot for lagging followers [default: 1000].
         #[arg(long)]
         pub keep_logs_behind_snapshot: Option<u64>,
+        /// `IP:PORT` of the operators' HTTP listener (/metrics, /healthz, /readyz and the status
+        /// page at /), plain and unauthenticated: keep it on 127.0.0.1 unless it is firewalled
+        /// [default: off].
+        #[arg(long)]
+        pub metrics_listen: Option<String>,
     }
 }
 
@@ -60,6 +65,8 @@ pub struct CoordinatorConfig {
     pub bootstrap: BTreeMap<NodeId, String>,
     pub snapshot_every: u64,
     pub keep_logs_behind_snapshot: u64,
+    /// Where the operators' HTTP listener binds; `None` leaves it off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorSettings {
@@ -89,6 +96,16 @@ impl CoordinatorSettings {
         if let Some(address) = &advertise {
             check_address("advertise", address)?;
         }
+        let metrics_listen = self
+            .metrics_listen
+            .map(|text| {
+                text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                    field: "metrics_listen",
+                    value: text.clone(),
+                    reason: "expected IP:PORT, e.g. 127.0.0.1:7480".into(),
+                })
+            })
+            .transpose()?;
         let bootstrap = parse_members("bootstrap", &self.bootstrap.unwrap_or_default())?;
         if !bootstrap.is_empty() && !bootstrap.contains_key(&node_id) {
             return Err(ConfigError::Invalid {
@@ -106,6 +123,7 @@ impl CoordinatorSettings {
             bootstrap,
             snapshot_every: self.snapshot_every.unwrap_or(10_000).max(1),
             keep_logs_behind_snapshot: self.keep_logs_behind_snapshot.unwrap_or(1_000),
+            metrics_listen,
         })
     }
 }
@@ -132,6 +150,19 @@ mod tests {
         assert_eq!(config.node_id, 1);
         assert!(config.bootstrap.is_empty());
         assert_eq!(config.snapshot_every, 10_000);
+        assert_eq!(config.metrics_listen, None, "the operators' listener is off unless asked for");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address() {
+        let config =
+            CoordinatorSettings { metrics_listen: Some("127.0.0.1:0".into()), ..settings() }.validate().unwrap();
+        assert_eq!(config.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+        let err =
+            CoordinatorSettings { metrics_listen: Some("localhost".into()), ..settings() }.validate().unwrap_err();
+        assert_eq!(err.to_string(), "invalid metrics_listen \"localhost\": expected IP:PORT, e.g. 127.0.0.1:7480");
+        let file: CoordinatorSettings = toml::from_str("metrics_listen = \"127.0.0.1:7480\"").unwrap();
+        assert_eq!(file.metrics_listen.as_deref(), Some("127.0.0.1:7480"));
     }
 
     #[test]

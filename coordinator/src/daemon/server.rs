@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use lbfleet_proto::credentials::Credentials;
 use lbfleet_proto::credentials::Gate;
+use lbfleet_proto::ops_http;
 use lbfleet_proto::tls::TlsDir;
 use lbfleet_proto::tls_io;
 use lbfleet_proto::transport;
@@ -31,6 +32,10 @@ use crate::agents::registry::AgentRegistry;
 use crate::agents::service::AgentStreamService;
 use crate::api::admin::AdminService;
 use crate::api::forward::Forwarder;
+use crate::http;
+use crate::http::OpsSources;
+use crate::metrics;
+use crate::metrics::WriteMetrics;
 use crate::raft::durable::DurableDb;
 use crate::raft::durable::OpenError;
 use crate::raft::log_store::LogStore;
@@ -78,6 +83,14 @@ pub enum StartError {
         path: PathBuf,
         /// Why it cannot be opened.
         source: OpenError,
+    },
+    /// The operators' HTTP listener (`metrics_listen`) cannot be bound.
+    #[error("cannot listen for metrics on {address}: {source}")]
+    MetricsListen {
+        /// The address asked for.
+        address: SocketAddr,
+        /// The bind error.
+        source: io::Error,
     },
     /// The Raft log stored in the database cannot be read.
     #[error("cannot open the Raft log in {}: {source}", path.display())]
@@ -135,12 +148,16 @@ pub struct Coordinator {
     pub local_addr: SocketAddr,
     /// The address peers and clients are told to use.
     pub advertise: String,
+    /// The address the operators' HTTP listener is bound to, when it is on.
+    pub metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     /// Re-reads the certificates on change and SIGHUP for as long as the node runs.
     _watcher: AbortOnDropHandle<()>,
     /// Keeps `grpc.health.v1` in step with Raft's view of a leader.
     _health: AbortOnDropHandle<()>,
+    /// Serves `/metrics`, `/healthz`, `/readyz` and the status page, when asked for.
+    ops: Option<AbortOnDropHandle<()>>,
 }
 
 impl Coordinator {
@@ -161,6 +178,14 @@ impl Coordinator {
         let local_addr =
             listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
         let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+        let ops_listener = match config.metrics_listen {
+            Some(address) => Some(
+                ops_http::bind(&address.to_string())
+                    .await
+                    .map_err(|source| StartError::MetricsListen { address, source })?,
+            ),
+            None => None,
+        };
 
         let sled_path = config.data_dir.join(SLED_DIR);
         let db =
@@ -194,13 +219,16 @@ impl Coordinator {
         .await?;
 
         let agents = Arc::new(AgentRegistry::new(config.node_id));
+        let writes = WriteMetrics::default();
         let admin = AdminService::new(
             raft.clone(),
             shared.clone(),
             Forwarder::new(credentials.clone()),
-            committed,
+            committed.clone(),
             agents.clone(),
+            writes.clone(),
         );
+        let sources = OpsSources { raft: raft.clone(), committed, shared: shared.clone(), agents: agents.clone() };
         let agent_stream = AgentStreamService::new(raft.clone(), shared.clone(), agents);
         let (health, health_task) = health::health_service(&raft);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -220,15 +248,32 @@ impl Coordinator {
             },
         ));
         info!(node.id = config.node_id, %local_addr, %advertise, "coordinator listening");
+        let (ops, metrics_addr) = match ops_listener {
+            Some((listener, local_addr)) => {
+                let registry = metrics::registry(
+                    &writes,
+                    sources.raft.clone(),
+                    sources.committed.clone(),
+                    sources.shared.clone(),
+                    sources.agents.clone(),
+                );
+                let serving = ops_http::serve(listener, http::router(sources, registry));
+                info!(%local_addr, "metrics listening");
+                (Some(AbortOnDropHandle::new(serving)), Some(local_addr))
+            }
+            None => (None, None),
+        };
         Ok(Coordinator {
             raft,
             shared,
             local_addr,
             advertise,
+            metrics_addr,
             stop,
             server,
             _watcher: watcher,
             _health: AbortOnDropHandle::new(health_task),
+            ops,
         })
     }
 
@@ -257,6 +302,8 @@ impl Coordinator {
 
     /// Stops serving and shuts Raft down, releasing the data dir.
     pub async fn shutdown(self) {
+        // Probes must not see a node that is going away as ready.
+        drop(self.ops);
         let _ = self.stop.send(());
         if let Err(error) = self.server.await {
             warn!(%error, "gRPC server task ended abnormally");

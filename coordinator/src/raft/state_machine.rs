@@ -4,6 +4,8 @@
 //! openraft re-applies the committed log entries after it.
 
 use std::io::Cursor;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
@@ -100,12 +102,26 @@ impl Applied {
 pub struct SharedState {
     applied: RwLock<Applied>,
     version: watch::Sender<u64>,
+    /// Snapshots this node built since it started (not those it installed), for the metrics.
+    snapshots_built: AtomicU64,
 }
 
 impl SharedState {
     /// A read guard on the applied state; hold it briefly.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A shared state holding `applied`, without storage behind it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(applied: Applied) -> Arc<SharedState> {
+        let (version, _) = watch::channel(applied.version());
+        Arc::new(SharedState { applied: RwLock::new(applied), version, snapshots_built: AtomicU64::new(0) })
+    }
+
+    /// Snapshots this node built since it started.
+    pub fn snapshots_built(&self) -> u64 {
+        self.snapshots_built.load(Ordering::Relaxed)
     }
 
     /// Notifies on every newly applied version.
@@ -139,7 +155,11 @@ impl StateMachineStore {
             db.db().open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         let (version, _) = watch::channel(0);
         let store = StateMachineStore {
-            shared: Arc::new(SharedState { applied: RwLock::new(Applied::default()), version }),
+            shared: Arc::new(SharedState {
+                applied: RwLock::new(Applied::default()),
+                version,
+                snapshots_built: AtomicU64::new(0),
+            }),
             db: db.clone(),
             snapshots,
         };
@@ -206,6 +226,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.save_snapshot(&stored)?;
+        self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
