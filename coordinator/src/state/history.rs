@@ -273,8 +273,11 @@ pub fn records_of(state: &State, stamp: &Stamp, command: &Command, response: &Re
                 .detail(format_args!("haproxy container {haproxy_container}"))
         }
         (Command::AddHost { address, haproxy_container, .. }, Response::HostAdded { id, cluster }) => {
-            let container = haproxy_container.as_ref().map(|c| format!(", haproxy container {c}")).unwrap_or_default();
-            record(Action::AddHost).in_cluster(cluster).about(id).detail(format_args!("address {address}{container}"))
+            // The address and the host's own container are both optional: say what was given.
+            let address = (!address.is_empty()).then(|| format!("address {address}"));
+            let container = haproxy_container.as_ref().map(|c| format!("haproxy container {c}"));
+            let detail: Vec<String> = address.into_iter().chain(container).collect();
+            record(Action::AddHost).in_cluster(cluster).about(id).detail(format_args!("{}", detail.join(", ")))
         }
         (_, Response::HostRemoved { id, cluster }) => record(Action::RemoveHost).in_cluster(cluster).about(id),
         (Command::SetHost { haproxy_container, .. }, Response::HostChanged { id, cluster }) => {
