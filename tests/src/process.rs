@@ -93,11 +93,19 @@ pub struct ClusterOptions {
     pub log_filter: Option<String>,
     /// Starts every node with `--metrics-listen 127.0.0.1:0`; `metrics_addr` reads the port back.
     pub metrics: bool,
+    /// More environment for the nodes (e.g. a service manager's NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
-        ClusterOptions { binary: lbfleet_binary(), snapshot_every: None, log_filter: None, metrics: false }
+        ClusterOptions {
+            binary: lbfleet_binary(),
+            snapshot_every: None,
+            log_filter: None,
+            metrics: false,
+            env: Vec::new(),
+        }
     }
 }
 
@@ -347,6 +355,7 @@ impl ProcessCluster {
         if self.options.metrics {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
+        command.envs(self.options.env.iter().map(|(key, value)| (key, value)));
         if let Some(filter) = &self.options.log_filter {
             command.env("LBFLEET_LOG", filter);
         }

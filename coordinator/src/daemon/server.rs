@@ -277,6 +277,22 @@ impl Coordinator {
         })
     }
 
+    /// A check that the node is not wedged: Raft's core runs a closure sent to it, and the applied
+    /// state's lock can be taken. For the systemd watchdog; being a follower or leaderless is fine.
+    pub fn liveness(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static {
+        let (raft, shared) = (self.raft.clone(), self.shared.clone());
+        move || {
+            let (raft, shared) = (raft.clone(), shared.clone());
+            Box::pin(async move {
+                let core = raft.with_raft_state(|_| ()).await.is_ok();
+                let state = tokio::task::spawn_blocking(move || drop(shared.read())).await.is_ok();
+                core && state
+            })
+        }
+    }
+
     /// Creates a new cluster with these members, unless this node's storage already belongs to one.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, StartError> {
         if self.raft.is_initialized().await? {
@@ -335,6 +351,8 @@ pub async fn run(config: CoordinatorConfig) -> anyhow::Result<()> {
         members.entry(config.node_id).or_insert_with(|| coordinator.advertise.clone());
         coordinator.bootstrap(&members).await?;
     }
+    // Under systemd (Type=notify): serving from now on, and watched while the node is live.
+    let _watchdog = lbfleet_proto::systemd::ready_and_watch(coordinator.liveness()).map(AbortOnDropHandle::new);
     lbfleet_proto::process::shutdown_signal().await;
     info!("shutting down");
     coordinator.shutdown().await;

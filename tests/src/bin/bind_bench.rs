@@ -104,7 +104,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("etcd:    {etcd_version} ({} nodes, plaintext, default durability)", args.nodes);
     println!("data:    {}", std::env::temp_dir().display());
 
-    let options = ClusterOptions { binary, snapshot_every: None, log_filter: args.lbfleet_log.clone(), metrics: false };
+    let options = ClusterOptions {
+        binary,
+        snapshot_every: None,
+        log_filter: args.lbfleet_log.clone(),
+        metrics: false,
+        env: Vec::new(),
+    };
     let lbfleet = ProcessCluster::start_with(args.nodes, options)?;
     let mut etcd = EtcdCluster::start(&args.etcd_bin, args.nodes)?;
     let leader = lbfleet.client().await?;
