@@ -10,3 +10,4 @@ pub mod node_output;
 pub mod output;
 pub mod snapshot;
 pub mod status_output;
+pub mod verify;
