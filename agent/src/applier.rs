@@ -268,18 +268,18 @@ impl Applier {
         let mut runtime = Vec::new();
         let mut changes = Vec::new();
         for entry in delta.upserts {
+            // Every upsert is probed, a bind to the shard already held too (`bind --verify` waits for it).
+            self.binds.bound(&entry.fqdn, &entry.backend);
             match desired.map.get(&entry.fqdn) {
                 Some(current) if *current == entry.backend => {}
                 Some(current) => {
                     self.digest.toggle(&entry.fqdn, current);
                     self.digest.toggle(&entry.fqdn, &entry.backend);
-                    self.binds.bound(&entry.fqdn, &entry.backend);
                     runtime.push(RuntimeChange::Set { fqdn: entry.fqdn.clone(), backend: entry.backend.clone() });
                     changes.push(MapChange::Upsert { fqdn: entry.fqdn, backend: entry.backend });
                 }
                 None => {
                     self.digest.toggle(&entry.fqdn, &entry.backend);
-                    self.binds.bound(&entry.fqdn, &entry.backend);
                     runtime.push(RuntimeChange::Add { fqdn: entry.fqdn.clone(), backend: entry.backend.clone() });
                     changes.push(MapChange::Upsert { fqdn: entry.fqdn, backend: entry.backend });
                 }
