@@ -801,11 +801,20 @@ async fn the_fleet_keeps_every_acknowledged_write_through_faults() -> anyhow::Re
     result
 }
 
-/// `bind --wait --verify` returns once both LB hosts served a new FQDN from its shard through
-/// their own HAProxy (each agent's end-to-end probe), and says which node answered on each; the
-/// FQDN is unbound again, so the write stream's model starts from the demo bindings only.
+/// Both agents' compose healthchecks (their `/readyz`) pass; then `bind --wait --verify`
+/// returns once both LB hosts served a new FQDN from its shard through their own HAProxy (each
+/// agent's end-to-end probe), and says which node answered on each. The FQDN is unbound again,
+/// so the write stream's model starts from the demo bindings only.
 async fn bind_verify_on_every_host(fleet: &ComposeFleet) -> anyhow::Result<()> {
     let started = Instant::now();
+    for lb in LB_HOSTS {
+        let agent = fleet.agent(lb);
+        lbfleet_tests::poll::wait_for(&format!("{agent} to be healthy"), Duration::from_secs(60), || async {
+            let health = docker(&["inspect", "-f", "{{.State.Health.Status}}", &agent]).await.ok()?;
+            (health == "healthy").then_some(())
+        })
+        .await?;
+    }
     let fqdn = "verify.chaos.test";
     let ran = fleet.cli(&["bind", fqdn, SHARDS[0], "--verify"]).await?;
     anyhow::ensure!(ran.ok, "bind --verify failed:\n{}{}", ran.stdout, ran.stderr);

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use futures::future::join_all;
 use lbfleet_proto::pb;
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::debug;
 use tracing::warn;
 
 use crate::metrics::AgentMetrics;
@@ -112,8 +112,9 @@ impl Prober {
             (false, true) => "error",
         };
         self.inner.metrics.fqdn_probe(trigger.as_str(), result);
+        // Passing probes are routine (a bulk import makes 16 per change); failures are news.
         if probe.ok {
-            info!(fqdn = %probe.fqdn, shard = %probe.served_shard, node = %probe.served_by, version = probe.version, trigger = trigger.as_str(), "probe ok");
+            debug!(fqdn = %probe.fqdn, shard = %probe.served_shard, node = %probe.served_by, version = probe.version, trigger = trigger.as_str(), "probe ok");
         } else {
             warn!(fqdn = %probe.fqdn, expected = %probe.expected_shard, error = %probe.error, version = probe.version, trigger = trigger.as_str(), "probe failed");
         }
