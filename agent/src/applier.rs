@@ -28,6 +28,11 @@ use crate::haproxy::HaproxyTarget;
 use crate::haproxy::MapFileWrite;
 use crate::haproxy::ReloadMode;
 use crate::haproxy::RuntimeChange;
+use crate::metrics::ReloadKind;
+use crate::observers::Observers;
+use crate::probe::host;
+use crate::probe::sample::BindTargets;
+use crate::probe::ProbeTarget;
 use crate::reload;
 use crate::reload::Coalescer;
 
@@ -105,6 +110,11 @@ pub struct Applier {
     last_reload: Option<pb::ReloadReport>,
     reload_count: u64,
     config_changes: u64,
+    observers: Observers,
+    /// FQDNs bound by deltas since the last bind probes.
+    binds: BindTargets,
+    /// When the first delta not yet in the map file arrived.
+    stale_since: Option<Instant>,
 }
 
 /// The config HAProxy runs, as the agent put it into service.
@@ -118,6 +128,12 @@ struct InService {
 impl Applier {
     /// An applier with no state yet; Docker is optional (the socket path works without it).
     pub async fn new(config: AgentConfig) -> Applier {
+        let observers = Observers::new(&config);
+        Applier::with_observers(config, observers).await
+    }
+
+    /// `new`, reporting to `observers`.
+    pub async fn with_observers(config: AgentConfig, observers: Observers) -> Applier {
         let docker = match DockerHost::connect(config.docker_socket.as_deref()).await {
             Ok(docker) => Some(docker),
             Err(error) => {
@@ -144,6 +160,9 @@ impl Applier {
             reload_count: 0,
             config_changes: 0,
             config,
+            observers,
+            binds: BindTargets::default(),
+            stale_since: None,
         }
     }
 
@@ -166,18 +185,21 @@ impl Applier {
     /// Applies a full state or a delta; returns the version now applied.
     pub async fn apply(&mut self, message: pb::coordinator_message::Kind) -> Result<u64, ApplyError> {
         use pb::coordinator_message::Kind;
+        let received = Instant::now();
         let result = match message {
             Kind::Full(full) => self.apply_full(full).await,
-            Kind::Delta(delta) => self.apply_delta(delta).await,
+            Kind::Delta(delta) => self.apply_delta(delta, received).await,
             _ => return Err(ApplyError::Empty),
         };
         match &result {
             Ok(version) => {
                 self.applied_version = *version;
                 self.last_error = None;
+                self.observers.metrics.applied("runtime", received.elapsed());
             }
             Err(error) => self.last_error = Some(error.to_string()),
         }
+        self.observe_state();
         result
     }
 
@@ -196,7 +218,10 @@ impl Applier {
         self.write_map_file_now().await?;
         self.topology_set(full.version).await?;
         let (haproxy, desired) = self.driver();
-        haproxy.replace_runtime_map(&desired.map).await?;
+        let replaced = haproxy.replace_runtime_map(&desired.map).await;
+        self.observers.metrics.map_replaced(replaced.is_ok());
+        replaced?;
+        let (_, desired) = self.driver();
         info!(version = desired.version, entries = desired.map.len(), "applied full state");
         let version = desired.version;
         self.map_file_stale = false;
@@ -220,6 +245,7 @@ impl Applier {
         let in_service = self.in_service.as_ref().is_some_and(|s| s.config == rendered);
         if self.desired_config.as_deref() != Some(rendered.as_str()) && !in_service {
             self.config_changes += 1;
+            self.observers.metrics.config_changed();
         }
         if in_service {
             self.reloads.settled();
@@ -230,7 +256,7 @@ impl Applier {
         Ok(())
     }
 
-    async fn apply_delta(&mut self, delta: pb::Delta) -> Result<u64, ApplyError> {
+    async fn apply_delta(&mut self, delta: pb::Delta, received: Instant) -> Result<u64, ApplyError> {
         let held = self.version();
         let Some(desired) = self.desired.as_mut() else {
             return Err(ApplyError::OutOfOrder { from: delta.from_version, held });
@@ -242,6 +268,8 @@ impl Applier {
         let mut runtime = Vec::new();
         let mut changes = Vec::new();
         for entry in delta.upserts {
+            // Every upsert is probed, a bind to the shard already held too (`bind --verify` waits for it).
+            self.binds.bound(&entry.fqdn, &entry.backend);
             match desired.map.get(&entry.fqdn) {
                 Some(current) if *current == entry.backend => {}
                 Some(current) => {
@@ -260,6 +288,7 @@ impl Applier {
         for fqdn in delta.removals {
             if let Some(current) = desired.map.get(&fqdn) {
                 self.digest.toggle(&fqdn, current);
+                self.binds.unbound(&fqdn);
                 runtime.push(RuntimeChange::Del { fqdn: fqdn.clone() });
                 changes.push(MapChange::Remove { fqdn });
             }
@@ -274,6 +303,7 @@ impl Applier {
         }
         if !runtime.is_empty() {
             self.map_file_stale = true;
+            self.stale_since.get_or_insert(received);
         }
         if delta.topology.is_some() {
             // The reload, if one is needed, follows on its schedule (`reload_if_due`).
@@ -282,21 +312,52 @@ impl Applier {
         if admin_changed {
             self.sync_admin_states().await?;
         }
-        let (haproxy, desired) = self.driver();
         if !runtime.is_empty() {
             // Live first; the map file follows in `persist`, once for a burst of deltas.
-            let report = haproxy.apply_runtime(&runtime).await?;
+            let report = self.apply_runtime(&runtime).await?;
             if !report.errors.is_empty() {
                 warn!(errors = ?report.errors, "runtime API refused some changes; reconcile will repair");
             }
         }
-        Ok(desired.version)
+        Ok(self.version())
+    }
+
+    /// `Haproxy::apply_runtime`, counted in the metrics.
+    async fn apply_runtime(&mut self, changes: &[RuntimeChange]) -> Result<crate::haproxy::RuntimeReport, ApplyError> {
+        let metrics = self.observers.metrics.clone();
+        let (haproxy, _) = self.driver();
+        let result = haproxy.apply_runtime(changes).await;
+        metrics.runtime_applied(changes, result.as_ref().map_err(|_| ()));
+        Ok(result?)
+    }
+
+    /// The FQDNs bound since the last call (at most `sample::MAX_BIND_PROBES`), to probe.
+    pub fn take_new_binds(&mut self) -> Vec<ProbeTarget> {
+        self.binds.take()
+    }
+
+    /// The next periodic sample of `n` bound FQDNs, walking the map.
+    pub fn probe_sample(&mut self, cursor: &mut crate::probe::sample::SampleCursor, n: usize) -> Vec<ProbeTarget> {
+        match &self.desired {
+            Some(desired) => cursor.next(&desired.map, n),
+            None => Vec::new(),
+        }
+    }
+
+    /// Passes the version held, the driver and the last error on to readiness and the metrics.
+    fn observe_state(&mut self) {
+        let error = self.last_error.clone();
+        let entries = self.desired.as_ref().map(|d| d.map.len()).unwrap_or(0);
+        self.observers.metrics.state(self.version(), entries);
+        let driver = self.desired.is_some().then(|| self.driver().0.clone());
+        self.observers.ready.applied(self.live_version(), driver, error);
     }
 
     /// The map file write owed for deltas applied since the file was last written, if any,
     /// with the version it covers. Run it (see `MapFileGuard`) before acknowledging that version
     /// (or `live_version`, if lower).
-    pub fn pending_map_file(&mut self) -> Result<Option<(u64, MapFileWrite)>, ApplyError> {
+    /// Also returns when the oldest delta it covers arrived.
+    pub fn pending_map_file(&mut self) -> Result<Option<(u64, MapFileWrite, Option<Instant>)>, ApplyError> {
         if !self.map_file_stale || self.desired.is_none() {
             return Ok(None);
         }
@@ -304,7 +365,7 @@ impl Applier {
         let write = haproxy.prepare_map_file(&desired.map)?;
         let version = desired.version;
         self.map_file_stale = false;
-        Ok(Some((version, write)))
+        Ok(Some((version, write, self.stale_since.take())))
     }
 
     /// The highest version in service, which acks may name: the held one, unless a config
@@ -351,6 +412,11 @@ impl Applier {
     /// (or restart), then the admin states again. Logged and kept as the last reload.
     async fn reload_now(&mut self) -> Result<pb::ReloadReport, ApplyError> {
         let reason = self.pending_reason();
+        let kind = match (&self.in_service, self.reloads.pending().and_then(|p| p.forced.as_ref())) {
+            (_, Some(_)) => ReloadKind::Drift,
+            (None, None) => ReloadKind::AgentStart,
+            (Some(_), None) => ReloadKind::Topology,
+        };
         let changes = self.reloads.pending().map(|p| p.changes).unwrap_or(0);
         let from_version = self.in_service.as_ref().map(|s| s.version).unwrap_or(0);
         let mode = match self.config.reload {
@@ -369,6 +435,7 @@ impl Applier {
         let desired = self.desired.as_ref().expect("a desired state is held");
         let to_version = desired.version;
         let duration_ms = started.elapsed().as_millis() as u64;
+        self.observers.metrics.reloaded(kind, result.is_ok(), started.elapsed());
         let mut report = pb::ReloadReport {
             at_unix_ms: unix_ms(),
             reason,
@@ -402,6 +469,7 @@ impl Applier {
             }
         };
         self.last_reload = Some(report);
+        self.observe_state();
         result
     }
 
@@ -476,6 +544,7 @@ impl Applier {
                     None => "reconcile: haproxy.cfg missing in the container",
                 };
                 warn!(reason = why, "config drifted; reloading the rendered one");
+                self.observers.metrics.config_drift();
                 self.reloads.force(why.to_owned(), Instant::now());
             }
         }
@@ -499,12 +568,15 @@ impl Applier {
         );
         let repairs = repairs(&diff);
         self.write_map_file_now().await?;
-        let (haproxy, desired) = self.driver();
         if changed > BULK_REPAIR_THRESHOLD {
-            haproxy.replace_runtime_map(&desired.map).await?;
+            let (haproxy, desired) = self.driver();
+            let replaced = haproxy.replace_runtime_map(&desired.map).await;
+            self.observers.metrics.map_replaced(replaced.is_ok());
+            replaced?;
         } else {
-            haproxy.apply_runtime(&repairs).await?;
+            self.apply_runtime(&repairs).await?;
         }
+        self.observers.metrics.map_drift(drift.missing, drift.wrong, drift.extra, drift.duplicates);
         drift.repaired = true;
         self.map_file_stale = false;
         self.drift_repairs += 1;
@@ -568,6 +640,8 @@ impl Applier {
         let Some(container) = self.desired.as_ref().map(|d| d.container.clone()) else {
             return report;
         };
+        let at = unix_ms();
+        let mut container_check = host::container(&container, None, false, at);
         if let Some(docker) = &self.docker {
             report.container = Some(match docker.inspect(&container).await {
                 Ok(info) => pb::ContainerState {
@@ -578,11 +652,15 @@ impl Applier {
                 },
                 Err(_) => pb::ContainerState { name: container.clone(), ..Default::default() },
             });
+            if let Some(state) = &report.container {
+                container_check = host::container(&container, Some(state.found), state.running, at);
+            }
         }
         let (haproxy, _) = self.driver();
         report.runtime_path = format!("{:?}", haproxy.runtime_path()).to_lowercase();
-        match haproxy.show_servers().await {
-            Ok(servers) => {
+        let (admin_check, frontends_check) = match haproxy.show_servers_and_frontends().await {
+            Ok((servers, frontends)) => {
+                self.observers.metrics.servers(&servers);
                 report.servers = servers
                     .into_iter()
                     .map(|s| pb::ServerHealth {
@@ -593,10 +671,19 @@ impl Applier {
                         sessions: s.sessions,
                         admin: s.admin.as_str().to_owned(),
                     })
-                    .collect()
+                    .collect();
+                (host::passed(at), host::frontends(&frontends, at))
             }
-            Err(error) => report.error = format!("show stat: {error}"),
-        }
+            Err(error) => {
+                report.error = format!("show stat: {error}");
+                let why = format!("runtime API: {error}");
+                (host::failed(why.clone(), at), host::failed(why, at))
+            }
+        };
+        self.observers.prober.host_checks(container_check, admin_check, frontends_check);
+        report.probes = Some(self.observers.prober.snapshot());
+        report.has_probes = true;
+        let (haproxy, _) = self.driver();
         if include_map {
             match haproxy.show_map().await {
                 Ok(actual) => {

@@ -1,5 +1,6 @@
 //! The agent's settings: a TOML file and/or flags, validated into a typed config at start-up.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +18,15 @@ const DEFAULT_RECONCILE_SECS: f64 = 10.0;
 const DEFAULT_REPORT_SECS: f64 = 5.0;
 /// Least seconds between two reloads when none is set.
 const DEFAULT_RELOAD_MIN_INTERVAL_SECS: f64 = 2.0;
+/// Where the end-to-end probes reach HAProxy's frontend when nothing is set: a host that
+/// publishes the frontend's port 80.
+pub const DEFAULT_PROBE_ADDRESS: &str = "127.0.0.1:80";
+/// Seconds between two probes of a sample of the bound FQDNs when none is set.
+const DEFAULT_PROBE_INTERVAL_SECS: f64 = 300.0;
+/// FQDNs in each periodic sample when none is set.
+const DEFAULT_PROBE_SAMPLE: u32 = 10;
+/// The most FQDNs one periodic sample may take.
+const MAX_PROBE_SAMPLE: u32 = 1_000;
 
 lbfleet_proto::settings! {
     /// Applies this host's assigned load-balancer state to the local HAProxy container.
@@ -70,6 +80,18 @@ lbfleet_proto::settings! {
         /// a quiet period reloads at once; changes arriving sooner wait and go in together. 0: no wait.
         #[arg(long)]
         pub reload_min_interval: Option<f64>,
+        /// ADDR:PORT of the operator listener (/metrics, /healthz, /readyz), e.g. 127.0.0.1:9101 [default: off].
+        #[arg(long)]
+        pub metrics_listen: Option<String>,
+        /// HOST:PORT of HAProxy's HTTP frontend as the agent reaches it, for the end-to-end probes [default: 127.0.0.1:80].
+        #[arg(long)]
+        pub probe_address: Option<String>,
+        /// Seconds between two end-to-end probes of a sample of the bound FQDNs [default: 300].
+        #[arg(long)]
+        pub probe_interval: Option<f64>,
+        /// FQDNs probed every probe_interval; 0 turns the periodic probes off (binds are still probed) [default: 10].
+        #[arg(long)]
+        pub probe_sample: Option<u32>,
     }
 }
 
@@ -102,6 +124,14 @@ pub struct AgentConfig {
     pub report_interval: Duration,
     /// Least time between two reloads; config changes arriving sooner are coalesced.
     pub reload_min_interval: Duration,
+    /// Where the operator listener binds; `None`: no listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// HAProxy's HTTP frontend as the agent reaches it (`host:port`).
+    pub probe_address: String,
+    /// Time between two periodic samples of end-to-end probes.
+    pub probe_interval: Duration,
+    /// FQDNs in each periodic sample (0: none).
+    pub probe_sample: usize,
 }
 
 impl AgentSettings {
@@ -138,6 +168,10 @@ impl AgentSettings {
             reconcile_interval: seconds("reconcile_interval", self.reconcile_interval, DEFAULT_RECONCILE_SECS)?,
             report_interval: seconds("report_interval", self.report_interval, DEFAULT_REPORT_SECS)?,
             reload_min_interval: reload_interval(self.reload_min_interval)?,
+            metrics_listen: listen_address(self.metrics_listen)?,
+            probe_address: probe_address(self.probe_address)?,
+            probe_interval: probe_interval(self.probe_interval)?,
+            probe_sample: probe_sample(self.probe_sample)?,
         })
     }
 }
@@ -168,6 +202,58 @@ fn reload_interval(value: Option<f64>) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// `metrics_listen` as a socket address (an IP and a port; port 0 picks a free one).
+fn listen_address(value: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(value) = value else { return Ok(None) };
+    value.trim().parse().map(Some).map_err(|_| ConfigError::Invalid {
+        field: "metrics_listen",
+        value,
+        reason: "expected IP:PORT, e.g. 127.0.0.1:9101".into(),
+    })
+}
+
+/// `probe_address` as `host:port`, the host a name or an IP.
+fn probe_address(value: Option<String>) -> Result<String, ConfigError> {
+    let value = value.unwrap_or_else(|| DEFAULT_PROBE_ADDRESS.to_owned()).trim().to_owned();
+    let valid = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !valid {
+        return Err(ConfigError::Invalid {
+            field: "probe_address",
+            value,
+            reason: "expected HOST:PORT, e.g. 127.0.0.1:80".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// `probe_interval` as a duration: 1 s to a day.
+fn probe_interval(value: Option<f64>) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(DEFAULT_PROBE_INTERVAL_SECS);
+    if !(1.0..=86_400.0).contains(&value) {
+        return Err(ConfigError::Invalid {
+            field: "probe_interval",
+            value: value.to_string(),
+            reason: "expected 1 to 86400 seconds".into(),
+        });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// `probe_sample`: 0 (no periodic probes) to `MAX_PROBE_SAMPLE`.
+fn probe_sample(value: Option<u32>) -> Result<usize, ConfigError> {
+    let value = value.unwrap_or(DEFAULT_PROBE_SAMPLE);
+    if value > MAX_PROBE_SAMPLE {
+        return Err(ConfigError::Invalid {
+            field: "probe_sample",
+            value: value.to_string(),
+            reason: format!("expected 0 to {MAX_PROBE_SAMPLE}"),
+        });
+    }
+    Ok(value as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -195,6 +281,30 @@ mod tests {
         assert_eq!(config.reconcile_interval, Duration::from_secs(10));
         assert_eq!(config.report_interval, Duration::from_secs(5));
         assert_eq!(config.reload_min_interval, Duration::from_secs(2));
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.probe_address, "127.0.0.1:80");
+        assert_eq!((config.probe_interval, config.probe_sample), (Duration::from_secs(300), 10));
+    }
+
+    #[test]
+    fn operator_listener_and_probe_settings() {
+        let config =
+            args(&["--metrics-listen", "127.0.0.1:0", "--probe-address", "haproxy-lb-1:80"]).resolve().unwrap();
+        assert_eq!(config.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config.probe_address, "haproxy-lb-1:80");
+        let err = args(&["--metrics-listen", "localhost"]).resolve().unwrap_err();
+        assert_eq!(err.to_string(), "invalid metrics_listen \"localhost\": expected IP:PORT, e.g. 127.0.0.1:9101");
+        let err = args(&["--probe-address", "haproxy"]).resolve().unwrap_err();
+        assert!(err.to_string().contains("expected HOST:PORT"), "{err}");
+        assert!(args(&["--probe-interval", "0.5"]).resolve().is_err());
+        assert!(args(&["--probe-sample", "5000"]).resolve().is_err());
+        assert_eq!(args(&["--probe-sample", "0"]).resolve().unwrap().probe_sample, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let file =
+            config_file(dir.path(), "metrics_listen = \"0.0.0.0:9101\"\nprobe_interval = 60.0\nprobe_sample = 3\n");
+        let config = args(&["--config", &file]).resolve().unwrap();
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9101".parse().unwrap()));
+        assert_eq!((config.probe_interval, config.probe_sample), (Duration::from_secs(60), 3));
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub use crate::leader::open_stream;
 pub use crate::leader::OpenError;
 use crate::leader::Opened;
 pub use crate::leader::OPEN_DEADLINE;
+use crate::observers::Observers;
+use crate::probe::sample::SampleCursor;
+use crate::probe::Trigger;
+use crate::ready::ReadyState;
 
 /// The agent sends a heartbeat this often.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -96,11 +100,19 @@ enum StreamError {
 
 /// Runs the agent until the process is stopped.
 pub async fn run(config: AgentConfig) -> Result<(), StartError> {
+    let observers = Observers::new(&config);
+    run_with(config, observers).await
+}
+
+/// `run`, reporting to `observers` (which the operator listener serves).
+pub async fn run_with(config: AgentConfig, observers: Observers) -> Result<(), StartError> {
     let identity = Identity::new(Role::Agent, &config.host_id)?;
     let tls = Credentials::client(&TlsDir::new(&config.tls_dir), &identity)?;
     // Renewed certificates are used from the next connection on.
     let _watcher = AbortOnDropHandle::new(tls.watch());
-    let mut applier = Applier::new(config.clone()).await;
+    let mut applier = Applier::with_observers(config.clone(), observers.clone()).await;
+    let mut sampling = SampleCursor::default();
+    let mut streams = 0u64;
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut pause = Duration::ZERO;
     let mut moved = None;
@@ -119,7 +131,11 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         let endpoint = opened.endpoint.clone();
         let opened_at = Instant::now();
         pause = Duration::ZERO;
-        match stream(opened, &tls, &config, &mut applier).await {
+        observers.metrics.stream(true, streams > 0);
+        streams += 1;
+        let ended = stream(opened, &tls, &config, &mut applier, &observers, &mut sampling).await;
+        observers.metrics.stream(false, false);
+        match ended {
             Ended::Moved(opened) => {
                 info!(from = %endpoint, to = %opened.endpoint, "coordinator silent; moved to the new leader");
                 moved = Some(opened);
@@ -209,16 +225,29 @@ async fn reconcile_now(applier: &mut Applier) -> bool {
 }
 
 /// One stream's life, from the leader's acceptance to its end.
-async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, applier: &mut Applier) -> Ended {
+async fn stream(
+    opened: Opened,
+    tls: &Arc<Credentials>,
+    config: &AgentConfig,
+    applier: &mut Applier,
+    observers: &Observers,
+    sampling: &mut SampleCursor,
+) -> Ended {
     let Opened { endpoint, out, mut inbound } = opened;
     info!(%endpoint, version = applier.version(), "connected to coordinator");
     // Heartbeats go out from their own task, so a long apply does not make the coordinator drop us.
     let beating = out.clone();
     let (queue, file_queue) = mpsc::channel(1);
-    let files = FileWriter { queue, busy: Arc::new(AtomicBool::new(false)), idle: Arc::new(Notify::new()) };
+    let files = FileWriter {
+        queue,
+        busy: Arc::new(AtomicBool::new(false)),
+        idle: Arc::new(Notify::new()),
+        ready: observers.ready.clone(),
+    };
     // Not aborted with the stream: a queued write still reaches the disk, only its ack is lost.
     let (busy, idle) = (files.busy.clone(), files.idle.clone());
-    tokio::spawn(map_file_writer(file_queue, applier.map_file_guard(), out.clone(), busy, idle));
+    let written = Written { out: out.clone(), observers: observers.clone() };
+    tokio::spawn(map_file_writer(file_queue, applier.map_file_guard(), written, busy, idle));
     let _heartbeats = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
@@ -231,6 +260,8 @@ async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, ap
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut reconcile = tokio::time::interval(config.reconcile_interval);
     let mut report = tokio::time::interval(config.report_interval);
+    // The first sample waits a whole interval: the bind probes cover what changes meanwhile.
+    let mut sample = tokio::time::interval_at(Instant::now() + config.probe_interval, config.probe_interval);
     let mut last_heard = Instant::now();
     // While the coordinator is silent, the leader it was may be gone: look for another one. Any
     // message from this coordinator calls the search off.
@@ -276,6 +307,7 @@ async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, ap
                             if let Err(ended) = apply_burst(applier, update, &mut inbound, &out, &files).await {
                                 return ended;
                             }
+                            observers.prober.spawn(applier.take_new_binds(), applier.version(), Trigger::Bind);
                             last_heard = Instant::now();
                         }
                     }
@@ -322,6 +354,17 @@ async fn stream(opened: Opened, tls: &Arc<Credentials>, config: &AgentConfig, ap
                     return ended;
                 }
             },
+            _ = sample.tick() => {
+                let targets = applier.probe_sample(sampling, config.probe_sample);
+                observers.prober.spawn(targets, applier.version(), Trigger::Sample);
+            }
+            // Probes finished: the coordinator learns at once (`bind --verify` waits for it).
+            _ = observers.prober.finished() => {
+                let report = applier.report(0, false).await;
+                if let Err(ended) = send(&out, AgentKind::Report(report)).await {
+                    return ended;
+                }
+            }
         }
     }
 }
@@ -379,6 +422,7 @@ struct FileWriter {
     queue: mpsc::Sender<QueuedWrite>,
     busy: Arc<AtomicBool>,
     idle: Arc<Notify>,
+    ready: ReadyState,
 }
 
 impl FileWriter {
@@ -393,12 +437,16 @@ impl FileWriter {
         // Acks say "live": a version whose config waits for its reload is not.
         let live = applier.live_version();
         match applier.pending_map_file() {
-            Ok(Some((written, write))) => {
+            Ok(Some((written, write, received))) => {
                 self.busy.store(true, Ordering::Release);
-                let queued = QueuedWrite { version: written, ack: live.min(written), write };
+                let queued = QueuedWrite { version: written, ack: live.min(written), write, received };
                 self.queue.send(queued).await.map_err(|_| closed())
             }
-            Ok(None) => send(out, AgentKind::Ack(pb::Ack { version: live })).await,
+            Ok(None) => {
+                send(out, AgentKind::Ack(pb::Ack { version: live })).await?;
+                self.ready.acked(live);
+                Ok(())
+            }
             Err(error) => {
                 let nack = AgentKind::Nack(pb::Nack { version, error: error.to_string() });
                 send(out, nack).await
@@ -414,6 +462,14 @@ struct QueuedWrite {
     /// The version acknowledged once it is on disk.
     ack: u64,
     write: MapFileWrite,
+    /// When the oldest delta it covers arrived.
+    received: Option<Instant>,
+}
+
+/// Where `map_file_writer` says what it wrote: the stream, readiness and metrics.
+struct Written {
+    out: mpsc::Sender<pb::AgentMessage>,
+    observers: Observers,
 }
 
 /// Writes the map files handed over by `FileWriter` and acknowledges the version each covers:
@@ -421,20 +477,35 @@ struct QueuedWrite {
 async fn map_file_writer(
     mut queue: mpsc::Receiver<QueuedWrite>,
     guard: MapFileGuard,
-    out: mpsc::Sender<pb::AgentMessage>,
+    written: Written,
     busy: Arc<AtomicBool>,
     idle: Arc<Notify>,
 ) {
-    while let Some(QueuedWrite { version, ack, write }) = queue.recv().await {
+    let Written { out, observers } = written;
+    while let Some(QueuedWrite { version, ack, write, received }) = queue.recv().await {
         let answer = match guard.write(version, write).await {
-            Ok(()) => AgentKind::Ack(pb::Ack { version: ack }),
+            Ok(()) => {
+                if let Some(received) = received {
+                    observers.metrics.applied("file", received.elapsed());
+                }
+                AgentKind::Ack(pb::Ack { version: ack })
+            }
             Err(error) => {
                 warn!(version, %error, "map file not written");
+                observers.ready.file_failed(format!("map file: {error}"));
                 AgentKind::Nack(pb::Nack { version, error: format!("map file: {error}") })
             }
         };
+        let acked = match answer {
+            AgentKind::Ack(pb::Ack { version }) => Some(version),
+            _ => None,
+        };
         // A frozen coordinator must not keep the next write waiting; the stream ends on its own.
-        let _ = send(&out, answer).await;
+        if send(&out, answer).await.is_ok() {
+            if let Some(version) = acked {
+                observers.ready.acked(version);
+            }
+        }
         busy.store(false, Ordering::Release);
         idle.notify_one();
     }

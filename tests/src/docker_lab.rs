@@ -473,6 +473,13 @@ pub struct AgentOptions {
     pub log_filter: String,
     /// `--reload-min-interval`, seconds; `None` leaves the agent's default.
     pub reload_min_interval: Option<f64>,
+    /// `--metrics-listen 127.0.0.1:0`: the operator listener on a free port (`AgentProcess::ops_address`
+    /// reads it from the log, so `log_filter` must let info through).
+    pub metrics: bool,
+    /// `--probe-interval`, seconds; `None` leaves the agent's default.
+    pub probe_interval: Option<f64>,
+    /// `--probe-sample`; `None` leaves the agent's default.
+    pub probe_sample: Option<u32>,
 }
 
 impl Default for AgentOptions {
@@ -482,6 +489,9 @@ impl Default for AgentOptions {
             report_interval: 1.0,
             log_filter: "info".into(),
             reload_min_interval: None,
+            metrics: false,
+            probe_interval: None,
+            probe_sample: None,
         }
     }
 }
@@ -510,6 +520,19 @@ impl AgentProcess {
         if let Some(seconds) = options.reload_min_interval {
             command.args(["--reload-min-interval", &seconds.to_string()]);
         }
+        if options.metrics {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        if let Some(seconds) = options.probe_interval {
+            command.args(["--probe-interval", &seconds.to_string()]);
+        }
+        if let Some(sample) = options.probe_sample {
+            command.args(["--probe-sample", &sample.to_string()]);
+        }
+        // The agent runs on the host: it reaches HAProxy's frontend at the port Docker published.
+        if let Ok(frontend) = lb.http() {
+            command.args(["--probe-address", &frontend.to_string()]);
+        }
         let child = command
             .args(["--host-id", host_id, "--endpoints", &endpoints.join(",")])
             .arg("--tls-dir")
@@ -535,6 +558,17 @@ impl AgentProcess {
     /// Everything the agent has logged so far.
     pub fn log(&self) -> String {
         std::fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// The address of the operator listener (`AgentOptions::metrics`), from the agent's log line
+    /// `metrics listening local_addr=…`, once it is there.
+    pub async fn ops_address(&self) -> anyhow::Result<SocketAddr> {
+        wait_for(&format!("agent {}'s metrics listener", self.host_id), READY, || async {
+            let log = self.log();
+            let line = log.lines().find(|line| line.contains("metrics listening"))?;
+            line.split_whitespace().find_map(|word| word.strip_prefix("local_addr=")?.parse().ok())
+        })
+        .await
     }
 
     /// Whether the process is still running.

@@ -779,6 +779,7 @@ async fn the_fleet_keeps_every_acknowledged_write_through_faults() -> anyhow::Re
     let started = Instant::now();
     let fleet = ComposeFleet::up("chaos").await?;
     each_container_holds_its_own_key_only(&fleet).await?;
+    bind_verify_on_every_host(&fleet).await?;
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     report!("write stream seed {seed}");
     let mut chaos = Chaos {
@@ -798,6 +799,33 @@ async fn the_fleet_keeps_every_acknowledged_write_through_faults() -> anyhow::Re
         eprintln!("{}", fleet.fleet_logs().await);
     }
     result
+}
+
+/// Both agents' compose healthchecks (their `/readyz`) pass; then `bind --wait --verify`
+/// returns once both LB hosts served a new FQDN from its shard through their own HAProxy (each
+/// agent's end-to-end probe), and says which node answered on each. The FQDN is unbound again,
+/// so the write stream's model starts from the demo bindings only.
+async fn bind_verify_on_every_host(fleet: &ComposeFleet) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for lb in LB_HOSTS {
+        let agent = fleet.agent(lb);
+        lbfleet_tests::poll::wait_for(&format!("{agent} to be healthy"), Duration::from_secs(60), || async {
+            let health = docker(&["inspect", "-f", "{{.State.Health.Status}}", &agent]).await.ok()?;
+            (health == "healthy").then_some(())
+        })
+        .await?;
+    }
+    let fqdn = "verify.chaos.test";
+    let ran = fleet.cli(&["bind", fqdn, SHARDS[0], "--verify"]).await?;
+    anyhow::ensure!(ran.ok, "bind --verify failed:\n{}{}", ran.stdout, ran.stderr);
+    for lb in LB_HOSTS {
+        let served = format!("lb-{lb}: served by {}-node-", SHARDS[0]);
+        anyhow::ensure!(ran.stdout.contains(&served), "no {served:?} in:\n{}", ran.stdout);
+    }
+    let unbound = fleet.cli(&["unbind", fqdn, "--wait"]).await?;
+    anyhow::ensure!(unbound.ok, "unbind failed: {}", unbound.stderr);
+    report!("bind --verify: served from {} on both LB hosts ({:.1?})", SHARDS[0], started.elapsed());
+    Ok(())
 }
 
 /// No container holds the CA key or another identity's key: a coordinator or agent container

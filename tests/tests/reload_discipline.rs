@@ -173,6 +173,10 @@ fn agent_config(lb: &HaproxyBox, reload_min_interval: Duration) -> AgentConfig {
         reconcile_interval: Duration::from_secs(10),
         report_interval: Duration::from_secs(5),
         reload_min_interval,
+        metrics_listen: None,
+        probe_address: "127.0.0.1:80".into(),
+        probe_interval: Duration::from_secs(300),
+        probe_sample: 10,
     }
 }
 

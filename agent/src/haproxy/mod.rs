@@ -22,6 +22,7 @@ pub use server_state::state_file_for;
 pub use server_state::ServerStateError;
 pub use server_state::ServerStateLine;
 pub use server_state::StateFile;
+pub use stats::FrontendStat;
 pub use stats::ServerStat;
 pub use stats::ShowStatError;
 use tracing::warn;

@@ -10,6 +10,7 @@ use super::admin_socket::CommandBatch;
 use super::server_state;
 use super::server_state::ServerStateLine;
 use super::stats;
+use super::stats::FrontendStat;
 use super::stats::ServerStat;
 use super::Haproxy;
 use super::HaproxyError;
@@ -244,8 +245,14 @@ impl Haproxy {
     /// Health, sessions and forced admin state of every backend server: `show stat` and
     /// `show servers state` in one session.
     pub async fn show_servers(&self) -> Result<Vec<ServerStat>, HaproxyError> {
+        Ok(self.show_servers_and_frontends().await?.0)
+    }
+
+    /// `show_servers`, and the frontends with their status, from the same `show stat`.
+    pub async fn show_servers_and_frontends(&self) -> Result<(Vec<ServerStat>, Vec<FrontendStat>), HaproxyError> {
         let mut batch = CommandBatch::with_capacity(64, 2);
-        batch.push(&[("verb", "show"), ("verb", "stat"), ("proxy", "-1"), ("type", "4"), ("server", "-1")])?;
+        // Types 1 (frontends) + 4 (servers).
+        batch.push(&[("verb", "show"), ("verb", "stat"), ("proxy", "-1"), ("type", "5"), ("server", "-1")])?;
         batch.push(&[("verb", "show"), ("verb", "servers"), ("verb", "state")])?;
         let (stat, state) = self
             .timed("show stat and servers state", async {
@@ -258,7 +265,7 @@ impl Haproxy {
                 Ok(outputs)
             })
             .await?;
-        let mut servers = stats::parse_show_stat(&stat)?;
+        let (mut servers, frontends) = stats::parse_stat_table(&stat)?;
         let admin: HashMap<(String, String), AdminState> = server_state::parse_servers_state(&state)?
             .into_iter()
             .map(|line| {
@@ -271,7 +278,12 @@ impl Haproxy {
                 server.admin = *state;
             }
         }
-        Ok(servers)
+        Ok((servers, frontends))
+    }
+
+    /// `show info`: the cheapest question HAProxy answers, for readiness.
+    pub async fn show_info(&self) -> Result<String, HaproxyError> {
+        self.run_command(&[("verb", "show"), ("verb", "info")]).await
     }
 
     /// `show servers state` as HAProxy prints it (the state file's format).

@@ -26,6 +26,15 @@ impl ServerStat {
     }
 }
 
+/// One frontend as HAProxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendStat {
+    /// Frontend (proxy) name, e.g. `http`.
+    pub name: String,
+    /// `OPEN` while it listens; `STOP` or `FULL` otherwise.
+    pub status: String,
+}
+
 /// Why `show stat` output could not be read as a table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShowStatError {
@@ -46,8 +55,8 @@ pub enum ShowStatError {
 /// Characters of a non-table answer quoted in `ShowStatError::NotATable`.
 const QUOTED_OUTPUT: usize = 200;
 
-/// Parses `show stat` output, keeping only server rows.
-pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, ShowStatError> {
+/// Parses `show stat` output into its server rows and its frontend rows.
+pub(crate) fn parse_stat_table(output: &str) -> Result<(Vec<ServerStat>, Vec<FrontendStat>), ShowStatError> {
     let mut lines = output.lines();
     let header = lines
         .next()
@@ -62,12 +71,17 @@ pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, ShowStatE
     let scur = column("scur")?;
 
     let mut servers = Vec::new();
+    let mut frontends = Vec::new();
     let mut fields = Vec::with_capacity(columns.len());
     for line in lines.filter(|line| !line.is_empty()) {
         split_csv(line, &mut fields);
         let field = |i: Option<usize>| i.and_then(|i| fields.get(i)).cloned().unwrap_or_default();
         let server = field(Some(svname));
-        if server == "FRONTEND" || server == "BACKEND" {
+        if server == "FRONTEND" {
+            frontends.push(FrontendStat { name: field(Some(pxname)), status: field(Some(status)) });
+            continue;
+        }
+        if server == "BACKEND" {
             continue;
         }
         servers.push(ServerStat {
@@ -79,7 +93,7 @@ pub(crate) fn parse_show_stat(output: &str) -> Result<Vec<ServerStat>, ShowStatE
             admin: AdminState::Ready,
         });
     }
-    Ok(servers)
+    Ok((servers, frontends))
 }
 
 /// Splits one CSV line; HAProxy quotes fields holding commas or quotes and doubles inner quotes.
@@ -112,7 +126,7 @@ mod tests {
             shard-web-1,web-1-node-0,3,UP,L4OK,\"Layer4 check passed, fine\",\n\
             shard-web-1,BACKEND,3,UP,,,\n\
             shard-web-2,web-2-node-0,0,DOWN,L4CON,Connection refused,\n";
-        let servers = parse_show_stat(output).expect("parsed");
+        let (servers, _) = parse_stat_table(output).expect("parsed");
         assert_eq!(servers.len(), 2);
         assert_eq!(servers[0].backend, "shard-web-1");
         assert_eq!(servers[0].check, "Layer4 check passed, fine");
@@ -123,11 +137,25 @@ mod tests {
     }
 
     #[test]
+    fn frontend_rows_are_kept_apart() {
+        let output = "# pxname,svname,scur,status,\nhttp,FRONTEND,1,OPEN,\nstats,FRONTEND,0,STOP,\nshard-a,n0,0,UP,\n";
+        let (servers, frontends) = parse_stat_table(output).expect("parsed");
+        assert_eq!(servers.len(), 1);
+        assert_eq!(
+            frontends,
+            [
+                FrontendStat { name: "http".into(), status: "OPEN".into() },
+                FrontendStat { name: "stats".into(), status: "STOP".into() }
+            ]
+        );
+    }
+
+    #[test]
     fn an_error_message_is_not_a_table() {
         assert_eq!(
-            parse_show_stat("Permission denied\n"),
+            parse_stat_table("Permission denied\n"),
             Err(ShowStatError::NotATable { output: "Permission denied".into() })
         );
-        assert_eq!(parse_show_stat("# pxname,scur,status\n"), Err(ShowStatError::MissingColumn { column: "svname" }));
+        assert_eq!(parse_stat_table("# pxname,scur,status\n"), Err(ShowStatError::MissingColumn { column: "svname" }));
     }
 }

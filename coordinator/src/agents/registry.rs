@@ -142,6 +142,8 @@ impl AgentRegistry {
         kept.map.clear();
         kept.has_map = false;
         self.with_entry(handle, |entry| entry.report = Some(kept));
+        // `bind --verify` waits for the probes in reports.
+        self.acks.send_modify(|n| *n += 1);
     }
 
     /// How long ago the agent of `handle` last said anything.
@@ -189,17 +191,56 @@ impl AgentRegistry {
 
     /// Waits until every host in `hosts` is connected and acknowledged `version`, or `timeout` passes.
     pub async fn wait_acked(&self, hosts: &[String], version: u64, timeout: Duration) -> (bool, Vec<pb::HostProgress>) {
+        self.wait_verified(hosts, version, None, timeout).await
+    }
+
+    /// `wait_acked`, and with `verify` (FQDN, shard) until every host also reported an end-to-end
+    /// probe of the FQDN at `version` or later served by that shard. Returns early, not done, once
+    /// every host has acknowledged and probed and one of the probes failed.
+    pub async fn wait_verified(
+        &self,
+        hosts: &[String],
+        version: u64,
+        verify: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> (bool, Vec<pb::HostProgress>) {
         let mut changes = self.acks.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let progress = self.progress(hosts);
-            let done = progress.iter().all(|p| p.connected && p.acked_version >= version);
-            if done {
+            let mut progress = self.progress(hosts);
+            let acked = |p: &pb::HostProgress| p.connected && p.acked_version >= version;
+            let Some((fqdn, shard)) = verify else {
+                if progress.iter().all(acked) {
+                    return (true, progress);
+                }
+                if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                    return (false, progress);
+                }
+                continue;
+            };
+            self.attach_probes(&mut progress, fqdn, version);
+            let served = |p: &pb::HostProgress| p.probe.as_ref().is_some_and(|probe| probe_served(probe, shard));
+            if progress.iter().all(|p| acked(p) && served(p)) {
                 return (true, progress);
+            }
+            if progress.iter().all(|p| acked(p) && p.has_probe) {
+                return (false, progress);
             }
             if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
                 return (false, progress);
             }
+        }
+    }
+
+    /// Each host's latest probe of `fqdn` made at `version` or later, from its latest report.
+    fn attach_probes(&self, progress: &mut [pb::HostProgress], fqdn: &str, version: u64) {
+        let agents = self.agents();
+        for host in progress {
+            let probes = agents.get(&host.host).and_then(|e| e.report.as_ref()).and_then(|r| r.probes.as_ref());
+            host.probe = probes.and_then(|probes| {
+                probes.fqdns.iter().rev().find(|p| p.fqdn.eq_ignore_ascii_case(fqdn) && p.version >= version).cloned()
+            });
+            host.has_probe = host.probe.is_some();
         }
     }
 
@@ -237,9 +278,68 @@ impl AgentRegistry {
     }
 }
 
+/// Whether `probe` found the FQDN served by `shard`.
+fn probe_served(probe: &pb::FqdnProbe, shard: &str) -> bool {
+    probe.ok && probe.served_shard == shard
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report_with_probe(fqdn: &str, version: u64, served: &str) -> pb::AgentReport {
+        let probe = pb::FqdnProbe {
+            fqdn: fqdn.into(),
+            expected_shard: "web-1".into(),
+            served_shard: served.into(),
+            ok: served == "web-1",
+            version,
+            ..Default::default()
+        };
+        let probes = pb::HostProbes { fqdns: vec![probe], ..Default::default() };
+        pb::AgentReport { probes: Some(probes), has_probes: true, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn verify_waits_for_a_probe_at_the_version_from_the_right_shard() {
+        let registry = std::sync::Arc::new(AgentRegistry::new(1));
+        let (tx, _rx) = mpsc::channel(1);
+        let a = registry.connect("a", "c", tx.clone());
+        let b = registry.connect("b", "c", tx);
+        let hosts = vec!["a".to_string(), "b".to_string()];
+        registry.ack(&a, 5);
+        registry.ack(&b, 5);
+        // An older probe does not count.
+        registry.report(&a, &report_with_probe("x.com", 4, "web-1"));
+        let verify = Some(("x.com", "web-1"));
+        let (done, progress) = registry.wait_verified(&hosts, 5, verify, Duration::from_millis(10)).await;
+        assert!(!done && !progress[0].has_probe);
+        let waiter = {
+            let (registry, hosts) = (registry.clone(), hosts.clone());
+            tokio::spawn(async move {
+                registry.wait_verified(&hosts, 5, Some(("x.com", "web-1")), Duration::from_secs(5)).await
+            })
+        };
+        registry.report(&a, &report_with_probe("x.com", 5, "web-1"));
+        registry.report(&b, &report_with_probe("X.com", 6, "web-1"));
+        let (done, progress) = waiter.await.unwrap();
+        assert!(done);
+        assert_eq!(progress[1].probe.as_ref().unwrap().version, 6);
+    }
+
+    #[tokio::test]
+    async fn verify_ends_early_on_a_wrong_shard() {
+        let registry = AgentRegistry::new(1);
+        let (tx, _rx) = mpsc::channel(1);
+        let a = registry.connect("a", "c", tx);
+        registry.ack(&a, 5);
+        registry.report(&a, &report_with_probe("x.com", 5, "web-2"));
+        let started = Instant::now();
+        let (done, progress) =
+            registry.wait_verified(&["a".to_string()], 5, Some(("x.com", "web-1")), Duration::from_secs(30)).await;
+        assert!(!done && started.elapsed() < Duration::from_secs(5));
+        assert_eq!(progress[0].probe.as_ref().unwrap().served_shard, "web-2");
+    }
 
     #[tokio::test]
     async fn wait_returns_when_every_host_acked() {

@@ -207,7 +207,12 @@ impl pb::admin_server::Admin for AdminService {
             applied.state.hosts.values().filter(|h| h.cluster == request.cluster).map(|h| h.id.clone()).collect()
         };
         let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(1, 600_000));
-        let (done, hosts) = self.agents.wait_acked(&hosts, request.version, timeout).await;
+        if !request.verify_fqdn.is_empty() && request.verify_shard.is_empty() {
+            return Err(Status::invalid_argument("verify_fqdn needs verify_shard"));
+        }
+        let verify =
+            (!request.verify_fqdn.is_empty()).then_some((request.verify_fqdn.as_str(), request.verify_shard.as_str()));
+        let (done, hosts) = self.agents.wait_verified(&hosts, request.version, verify, timeout).await;
         Ok(Response::new(pb::WaitAppliedReply { done, hosts }))
     }
 

@@ -61,6 +61,10 @@ pub enum Command {
         /// Return once every LB host of the cluster has applied the change (or fail naming the laggards).
         #[arg(long)]
         wait: bool,
+        /// With --wait (implied): also wait until every LB host served the FQDN through its HAProxy
+        /// from this shard (the agents' end-to-end probe); fail naming the hosts that did not.
+        #[arg(long)]
+        verify: bool,
     },
     /// Removes the bindings of one or more FQDNs.
     Unbind {

@@ -350,6 +350,27 @@ impl Client {
         Ok(self.call(request, deadline, |mut admin, r| async move { admin.wait_applied(r).await }).await?)
     }
 
+    /// Waits until every LB host of `cluster` acknowledged `version` and served `fqdn` from
+    /// `shard` in its end-to-end probe (`bind --verify`).
+    pub async fn wait_verified(
+        &self,
+        cluster: &str,
+        version: u64,
+        fqdn: &str,
+        shard: &str,
+        timeout: Duration,
+    ) -> Result<pb::WaitAppliedReply, ClientError> {
+        let request = pb::WaitAppliedRequest {
+            cluster: cluster.to_string(),
+            version,
+            timeout_ms: timeout.as_millis() as u64,
+            verify_fqdn: fqdn.to_string(),
+            verify_shard: shard.to_string(),
+        };
+        let deadline = timeout + Duration::from_secs(5);
+        Ok(self.call(request, deadline, |mut admin, r| async move { admin.wait_applied(r).await }).await?)
+    }
+
     /// The desired map of a cluster next to what each LB host holds.
     pub async fn lb_state(&self, cluster: &str, host: Option<&str>) -> Result<pb::LbStateReply, ClientError> {
         let request = pb::LbStateRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };

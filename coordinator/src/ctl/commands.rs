@@ -29,6 +29,7 @@ use super::node_output;
 use super::output;
 use super::snapshot;
 use super::status_output;
+use super::verify;
 
 /// Where the CLI looks for certificates when no directory is given.
 pub const DEFAULT_TLS_DIR: &str = ".lbfleet/tls";
@@ -130,7 +131,11 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Ready { name }) => {
             drain::set_state(&client, name, pb::AdminState::AdminReady, false, timeout, json).await?;
         }
-        Command::Bind { fqdn, shard, cluster, wait } => {
+        Command::Bind { fqdn, shard, cluster, verify: true, .. } => {
+            let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
+            verify::bind_and_verify(&client, fqdn, shard, cluster, timeout, json).await?;
+        }
+        Command::Bind { fqdn, shard, cluster, wait, verify: false } => {
             let fqdn = lbfleet_proto::Fqdn::parse(&fqdn)?.into_string();
             let kind = Kind::Bind(pb::Bind { fqdn, shard, cluster: cluster.unwrap_or_default() });
             write_and_wait(&client, kind, wait, timeout, json).await?;

@@ -12,3 +12,4 @@ pub mod output;
 pub mod progress;
 pub mod snapshot;
 pub mod status_output;
+pub mod verify;

@@ -90,6 +90,7 @@ pub fn status(json: bool, status: &pb::StatusReply, members: &[(u64, Result<pb::
     }
     agents(&status.agents);
     reloads(&status.agents, unix_now_ms());
+    probes(&status.agents, unix_now_ms());
     servers_not_ready(&status.agents);
     revocations(&status.revocations);
 }
@@ -145,6 +146,68 @@ fn reload_lines(host: &str, report: &pb::AgentReport, now_ms: i64) -> Vec<String
     }
     if !report.reload_pending.is_empty() {
         lines.push(format!("{host}: reload pending: {}", report.reload_pending));
+    }
+    lines
+}
+
+/// Failed FQDN probes listed per host before the rest are only counted.
+const FAILED_PROBES_SHOWN: usize = 5;
+
+/// Each agent's host checks and end-to-end probes.
+fn probes(agents: &[pb::AgentStatus], now_ms: i64) {
+    let lines: Vec<String> = agents
+        .iter()
+        .filter_map(|agent| Some((agent, agent.report.as_ref()?.probes.as_ref()?)))
+        .flat_map(|(agent, probes)| probe_lines(&agent.host, probes, now_ms))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    println!();
+    println!("probes:");
+    for line in lines {
+        println!("  {line}");
+    }
+}
+
+/// "lb-a: container ok, admin socket ok, frontends ok; 12 FQDN probes, 1 failed", the last FQDN
+/// probe, then the FQDNs whose latest probe failed.
+fn probe_lines(host: &str, probes: &pb::HostProbes, now_ms: i64) -> Vec<String> {
+    let check = |name: &str, result: &Option<pb::ProbeResult>| match result {
+        Some(r) if r.ok => format!("{name} ok"),
+        Some(r) => format!("{name} FAILED: {}", r.error),
+        None => format!("{name} not checked yet"),
+    };
+    let mut lines = vec![format!(
+        "{host}: {}, {}, {}; {}, {} failed",
+        check("container", &probes.container),
+        check("admin socket", &probes.admin_socket),
+        check("frontends", &probes.frontends),
+        counted(probes.fqdn_probes, "FQDN probe", "FQDN probes"),
+        probes.fqdn_probes_failed
+    )];
+    let describe = |p: &pb::FqdnProbe| {
+        let result = match p.ok {
+            true => format!("served by {} (shard {})", p.served_by, p.served_shard),
+            false => format!("FAILED: {}", p.error),
+        };
+        format!(
+            "{} {result}, {} ago, version {}, {}",
+            p.fqdn,
+            age(now_ms.saturating_sub(p.at_unix_ms)),
+            p.version,
+            p.trigger
+        )
+    };
+    if let Some(last) = probes.fqdns.iter().max_by_key(|p| p.at_unix_ms) {
+        lines.push(format!("{host}: last FQDN probe: {}", describe(last)));
+    }
+    let failed: Vec<&pb::FqdnProbe> = probes.fqdns.iter().filter(|p| !p.ok).collect();
+    for probe in failed.iter().take(FAILED_PROBES_SHOWN) {
+        lines.push(format!("{host}: failed: {}", describe(probe)));
+    }
+    if failed.len() > FAILED_PROBES_SHOWN {
+        lines.push(format!("{host}: ... and {} more failed (use --json for all)", failed.len() - FAILED_PROBES_SHOWN));
     }
     lines
 }
@@ -311,6 +374,39 @@ mod tests {
               1 reload for 1 config change"]
         );
         assert!(reload_lines("lb-c", &pb::AgentReport::default(), 0).is_empty(), "an agent that never reloaded");
+    }
+
+    #[test]
+    fn probes_show_the_checks_the_last_probe_and_the_failures() {
+        let probe = |fqdn: &str, ok: bool, at: i64| pb::FqdnProbe {
+            fqdn: fqdn.into(),
+            expected_shard: "web-1".into(),
+            served_shard: if ok { "web-1".into() } else { "web-2".into() },
+            served_by: "n0".into(),
+            ok,
+            error: if ok { String::new() } else { "served by shard web-2 (node n0), expected web-1".into() },
+            at_unix_ms: at,
+            version: 7,
+            trigger: "bind".into(),
+            ..Default::default()
+        };
+        let failed = pb::ProbeResult { ok: false, error: "HAProxy has no frontend".into(), at_unix_ms: 0 };
+        let probes = pb::HostProbes {
+            container: Some(pb::ProbeResult { ok: true, ..Default::default() }),
+            admin_socket: Some(pb::ProbeResult { ok: true, ..Default::default() }),
+            frontends: Some(failed),
+            fqdns: vec![probe("bad.com", false, 1_000), probe("good.com", true, 2_000)],
+            fqdn_probes: 2,
+            fqdn_probes_failed: 1,
+        };
+        assert_eq!(
+            probe_lines("lb-a", &probes, 5_000),
+            [
+                "lb-a: container ok, admin socket ok, frontends FAILED: HAProxy has no frontend; 2 FQDN probes, 1 failed",
+                "lb-a: last FQDN probe: good.com served by n0 (shard web-1), 3 s ago, version 7, bind",
+                "lb-a: failed: bad.com FAILED: served by shard web-2 (node n0), expected web-1, 4 s ago, version 7, bind",
+            ]
+        );
     }
 
     #[test]

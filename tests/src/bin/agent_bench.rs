@@ -232,6 +232,7 @@ async fn run(args: &Args, lbfleet: &Path, agent: &Path) -> anyhow::Result<Report
         report_interval: 5.0,
         log_filter: args.agent_log.clone(),
         reload_min_interval: None,
+        ..AgentOptions::default()
     };
     let hosts: Vec<(&str, AgentOptions)> = HOSTS.iter().map(|h| (*h, agent_options.clone())).collect();
     let fleet = Fleet::start("agent-bench", options, agent, SHARD, &hosts).await?;

@@ -194,6 +194,7 @@ async fn bursts(args: &Args, lbfleet: &Path, agent: &Path) -> anyhow::Result<Vec
         report_interval: 0.5,
         log_filter: "warn".into(),
         reload_min_interval: interval,
+        ..AgentOptions::default()
     };
     let hosts = [(COALESCED, agent_options(None)), (EAGER, agent_options(Some(0.0)))];
     let fleet = Fleet::start("reload-bench", options, agent, BURST_SHARD, &hosts).await?;
