@@ -33,6 +33,7 @@ use crate::observers::Observers;
 use crate::probe::host;
 use crate::probe::sample::BindTargets;
 use crate::probe::ProbeTarget;
+use crate::probe::Trigger;
 use crate::reload;
 use crate::reload::Coalescer;
 
@@ -613,6 +614,26 @@ impl Applier {
         };
         let previous = self.container_started_at.replace(info.started_at.clone());
         !info.running || previous.is_some_and(|p| p != info.started_at)
+    }
+
+    /// Answers the coordinator's report request: starts the probes it asks for (their results
+    /// follow in the report sent when they finish) and reports what holds now.
+    pub async fn answer(&mut self, request: &pb::ReportRequest) -> pb::AgentReport {
+        let targets = self.bound_targets(&request.probe_fqdns);
+        self.observers.prober.spawn(targets, self.version(), Trigger::Verify);
+        self.report(request.id, request.include_map).await
+    }
+
+    /// The FQDNs of `fqdns` this host's map binds, with their backends, at most `MAX_BIND_PROBES`.
+    fn bound_targets(&self, fqdns: &[String]) -> Vec<ProbeTarget> {
+        let Some(desired) = &self.desired else { return Vec::new() };
+        fqdns
+            .iter()
+            .filter_map(|fqdn| {
+                desired.map.get(fqdn).map(|backend| ProbeTarget { fqdn: fqdn.clone(), backend: backend.clone() })
+            })
+            .take(crate::probe::sample::MAX_BIND_PROBES)
+            .collect()
     }
 
     /// A report of what HAProxy holds and how its backends are doing.

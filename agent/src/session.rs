@@ -298,7 +298,7 @@ async fn stream(
                     match kind {
                         CoordinatorKind::Heartbeat(_) => {}
                         CoordinatorKind::ReportRequest(request) => {
-                            let report = applier.report(request.id, request.include_map).await;
+                            let report = applier.answer(&request).await;
                             if let Err(ended) = send(&out, AgentKind::Report(report)).await {
                                 return ended;
                             }
@@ -398,7 +398,7 @@ async fn apply_burst(
             Some(Ok(Some(pb::CoordinatorMessage { kind: Some(kind) }))) => match kind {
                 CoordinatorKind::Heartbeat(_) => {}
                 CoordinatorKind::ReportRequest(request) => {
-                    let report = applier.report(request.id, request.include_map).await;
+                    let report = applier.answer(&request).await;
                     send(out, AgentKind::Report(report)).await?;
                 }
                 update => next = Some(update),

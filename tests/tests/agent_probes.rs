@@ -1,5 +1,6 @@
-//! The agent's operator listener and host probes against real HAProxy and nginx containers:
-//! `/readyz` follows HAProxy's container, `/metrics` counts binds and a reload exactly, and
+//! The operator listeners and the agent's host probes against real HAProxy and nginx containers:
+//! `/readyz` follows HAProxy's container, the agent's and the leader's `/metrics` (both parsed
+//! strictly) count binds and a reload exactly, and
 //! `bind --wait --verify` returns once every LB host served the FQDN from the bound shard, and
 //! fails naming the host and both shards when a node of another shard answers. Without Docker
 //! these fail when `CI` is set and otherwise do nothing. Needs `cargo build --bins`.
@@ -18,6 +19,7 @@ use lbfleet_tests::docker_lab::wait_servers;
 use lbfleet_tests::docker_lab::AgentOptions;
 use lbfleet_tests::docker_lab::Fleet;
 use lbfleet_tests::docker_lab::READY;
+use lbfleet_tests::openmetrics;
 use lbfleet_tests::poll::wait_for;
 use lbfleet_tests::process::agent_binary;
 use lbfleet_tests::process::ClusterOptions;
@@ -32,68 +34,24 @@ async fn ops_get(ops: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((answer.status, answer.body))
 }
 
-/// Samples of an OpenMetrics exposition by `name{labels}`; fails on any line that does not parse,
-/// a sample whose family has no `# TYPE`, or a missing `# EOF` at the end.
-fn parse_exposition(text: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let mut families = Vec::new();
-    let mut samples = BTreeMap::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line == "# EOF" {
-            anyhow::ensure!(lines.peek().is_none(), "text after # EOF");
-            return Ok(samples);
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').with_context(|| format!("bad TYPE line {line:?}"))?;
-            anyhow::ensure!(
-                ["counter", "gauge", "histogram", "info", "unknown"].contains(&kind),
-                "unknown type in {line:?}"
-            );
-            families.push(name.to_owned());
-            continue;
-        }
-        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').with_context(|| format!("bad sample line {line:?}"))?;
-        let value: f64 = value.parse().with_context(|| format!("bad value in {line:?}"))?;
-        let name = series.split('{').next().unwrap_or_default();
-        anyhow::ensure!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.is_empty(),
-            "bad metric name in {line:?}"
-        );
-        if let Some(labels) = series.strip_prefix(name) {
-            anyhow::ensure!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line:?}");
-        }
-        anyhow::ensure!(
-            families.iter().any(|family| name == family
-                || name
-                    .strip_prefix(family.as_str())
-                    .is_some_and(|s| { ["_total", "_bucket", "_count", "_sum", "_created"].contains(&s) })),
-            "sample {name} has no # TYPE"
-        );
-        anyhow::ensure!(samples.insert(series.to_owned(), value).is_none(), "duplicate sample {series}");
-    }
-    bail!("no # EOF at the end")
-}
-
+/// The agent's samples by `name{label="value",...}` (labels in name order), from an exposition
+/// the strict parser accepted.
 async fn scrape(ops: SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
     let (status, body) = ops_get(ops, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
-    parse_exposition(&body).with_context(|| format!("exposition:\n{body}"))
+    let exposition = openmetrics::parse(&body).with_context(|| format!("exposition:\n{body}"))?;
+    let series = |sample: &openmetrics::Sample| {
+        let labels: Vec<String> = sample.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        match labels.is_empty() {
+            true => sample.name.clone(),
+            false => format!("{}{{{}}}", sample.name, labels.join(",")),
+        }
+    };
+    Ok(exposition.samples().map(|sample| (series(sample), sample.value)).collect())
 }
 
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
-}
-
-#[test]
-fn the_exposition_check_refuses_what_does_not_parse() {
-    let good = "# TYPE a counter\na_total{x=\"1\"} 2\n# TYPE g gauge\ng 1.5\n# EOF\n";
-    assert_eq!(parse_exposition(good).unwrap().get("a_total{x=\"1\"}"), Some(&2.0));
-    assert!(parse_exposition("# TYPE a counter\na_total 2\n").is_err(), "no EOF");
-    assert!(parse_exposition("b 2\n# EOF\n").is_err(), "no TYPE");
-    assert!(parse_exposition("# TYPE a counter\na_total two\n# EOF\n").is_err(), "bad value");
 }
 
 const RUNTIME_ADD_OK: &str = "lbfleet_agent_runtime_operations_total{op=\"add\",result=\"ok\"}";
@@ -102,7 +60,7 @@ const TOPOLOGY_RELOAD_TIMES: &str = "lbfleet_agent_reload_duration_seconds_count
 const CONFIG_CHANGES: &str = "lbfleet_agent_config_changes_total";
 const RUNTIME_APPLIES: &str = "lbfleet_agent_apply_duration_seconds_count{stage=\"runtime\"}";
 const FILE_WRITES: &str = "lbfleet_agent_apply_duration_seconds_count{stage=\"file\"}";
-const BIND_PROBES_OK: &str = "lbfleet_agent_fqdn_probes_total{trigger=\"bind\",result=\"ok\"}";
+const BIND_PROBES_OK: &str = "lbfleet_agent_fqdn_probes_total{result=\"ok\",trigger=\"bind\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_binds_and_a_reload_and_readyz_follows_haproxy() -> anyhow::Result<()> {
@@ -110,9 +68,12 @@ async fn metrics_count_binds_and_a_reload_and_readyz_follows_haproxy() -> anyhow
         return Ok(());
     }
     let options = AgentOptions { metrics: true, ..AgentOptions::default() };
-    let mut fleet =
-        Fleet::start("agent-metrics", ClusterOptions::default(), &agent_binary(), SHARD, &[("lb-a", options)]).await?;
+    let coordinators = ClusterOptions { metrics: true, ..ClusterOptions::default() };
+    let mut fleet = Fleet::start("agent-metrics", coordinators, &agent_binary(), SHARD, &[("lb-a", options)]).await?;
     let client = fleet.client().await?;
+    // Both daemons' expositions: the leader's (it takes the writes and serves the agents) and the agent's.
+    let leader = fleet.coordinators.leader_index(&client).await?;
+    let coordinator_ops = fleet.coordinators.metrics_addr(leader).await?;
     fleet.add_nodes(&client, SHARD, &["node-0"]).await?;
     let ops = fleet.host("lb-a").agent.ops_address().await?;
     assert_eq!(ops_get(ops, "/healthz").await?, (200, "ok\n".to_owned()));
@@ -122,6 +83,7 @@ async fn metrics_count_binds_and_a_reload_and_readyz_follows_haproxy() -> anyhow
     wait_servers(&lb, BACKEND, "node-0 UP", |s| s.iter().any(|s| s.status.starts_with("UP"))).await?;
 
     let before = scrape(ops).await?;
+    let coordinator_before = scrape(coordinator_ops).await?;
     let fqdns = ["m1.metrics.test", "m2.metrics.test", "m3.metrics.test"];
     for fqdn in fqdns {
         fleet.bind(&client, fqdn, SHARD).await?;
@@ -149,6 +111,16 @@ async fn metrics_count_binds_and_a_reload_and_readyz_follows_haproxy() -> anyhow
     assert_eq!(value(&after, "lbfleet_agent_host_probe_ok{check=\"frontends\"}"), 1.0);
     assert_eq!(value(&after, "lbfleet_agent_host_probe_ok{check=\"container\"}"), 1.0);
     assert!(!after.keys().any(|series| series.contains("metrics.test")), "an FQDN in a label");
+
+    let coordinator_after = scrape(coordinator_ops).await?;
+    let written = |series: &str| value(&coordinator_after, series) - value(&coordinator_before, series);
+    assert_eq!(written("lbfleet_write_duration_seconds_count{kind=\"bind\",result=\"ok\"}"), 3.0);
+    assert_eq!(written("lbfleet_write_duration_seconds_count{kind=\"add_node\",result=\"ok\"}"), 1.0);
+    let version = client.status().await?.applied_index as f64;
+    let acked = format!("lbfleet_agent_acked_version{{cluster={:?},host=\"lb-a\"}}", fleet.cluster);
+    assert_eq!(value(&coordinator_after, &acked), version, "the agent acknowledged every write");
+    assert_eq!(value(&coordinator_after, "lbfleet_agents_connected"), 1.0);
+    assert!(!coordinator_after.keys().any(|series| series.contains("metrics.test")), "an FQDN in a label");
 
     // HAProxy stopped: not ready, saying why. The agent starts it again on its own; `docker
     // start` covers the case where it has not yet.
@@ -209,6 +181,10 @@ async fn bind_verify_reports_each_hosts_probe_and_fails_on_a_wrong_shard() -> an
         let line = format!("{host}: served by node-0 (shard web, HTTP 200)");
         assert!(ran.stdout.contains(&line), "{line:?} missing in:\n{}", ran.stdout);
     }
+    assert!(ran.stdout.contains("served from shard web on all 2 LB hosts"), "{}", ran.stdout);
+    // Bound already: nothing changes and no probe comes by itself, so the hosts are asked for one.
+    let ran = fleet.cli(&["bind", "ok.verify.test", SHARD, "--verify"]).await?;
+    anyhow::ensure!(ran.ok, "bind --verify of an unchanged binding failed:\n{}\n{}", ran.stdout, ran.stderr);
     assert!(ran.stdout.contains("served from shard web on all 2 LB hosts"), "{}", ran.stdout);
 
     let ran = fleet.cli(&["bind", "liar.verify.test", "wrong", "--wait", "--verify"]).await?;

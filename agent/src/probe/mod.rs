@@ -34,6 +34,8 @@ pub const PROBE_WINDOW: usize = 32;
 pub enum Trigger {
     Bind,
     Sample,
+    /// Asked by the coordinator for `bind --verify`.
+    Verify,
 }
 
 impl Trigger {
@@ -41,6 +43,7 @@ impl Trigger {
         match self {
             Trigger::Bind => "bind",
             Trigger::Sample => "sample",
+            Trigger::Verify => "verify",
         }
     }
 }

@@ -6,14 +6,20 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 use std::time::Instant;
 
+use futures::future::join_all;
 use lbfleet_proto::pb;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
+/// How long `bind --verify` waits for a host's own probe before asking it for one, and between asks.
+const PROBE_GRACE: Duration = Duration::from_secs(1);
+
 /// A request for an agent's report, answered through `reply`.
 pub struct ReportAsk {
     pub include_map: bool,
+    /// FQDNs the agent should probe end to end now (`bind --verify`).
+    pub probe_fqdns: Vec<String>,
     pub reply: oneshot::Sender<pb::AgentReport>,
 }
 
@@ -195,8 +201,11 @@ impl AgentRegistry {
     }
 
     /// `wait_acked`, and with `verify` (FQDN, shard) until every host also reported an end-to-end
-    /// probe of the FQDN at `version` or later served by that shard. Returns early, not done, once
-    /// every host has acknowledged and probed and one of the probes failed.
+    /// probe of the FQDN at `version` or later served by that shard. A host that acknowledged but
+    /// has no such probe after `PROBE_GRACE` (a bind's own probe comes by itself; an unchanged
+    /// binding's does not) is asked to probe, again every `PROBE_GRACE` while one fails (a server
+    /// still coming up). Returns early, not done, once every host probed and one of them was
+    /// answered by another shard: that is no transient.
     pub async fn wait_verified(
         &self,
         hosts: &[String],
@@ -206,6 +215,7 @@ impl AgentRegistry {
     ) -> (bool, Vec<pb::HostProgress>) {
         let mut changes = self.acks.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut next_ask = tokio::time::Instant::now() + PROBE_GRACE;
         loop {
             let mut progress = self.progress(hosts);
             let acked = |p: &pb::HostProgress| p.connected && p.acked_version >= version;
@@ -223,10 +233,19 @@ impl AgentRegistry {
             if progress.iter().all(|p| acked(p) && served(p)) {
                 return (true, progress);
             }
-            if progress.iter().all(|p| acked(p) && p.has_probe) {
+            let wrong_shard =
+                |p: &pb::HostProgress| p.probe.as_ref().is_some_and(|probe| probe_wrong_shard(probe, shard));
+            if progress.iter().all(|p| acked(p) && p.has_probe) && progress.iter().any(wrong_shard) {
                 return (false, progress);
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            let now = tokio::time::Instant::now();
+            if now >= next_ask {
+                next_ask = now + PROBE_GRACE;
+                let unserved = progress.iter().filter(|p| acked(p) && !served(p));
+                join_all(unserved.map(|p| self.ask_probe(&p.host, fqdn, PROBE_GRACE))).await;
+            }
+            let wake = deadline.min(next_ask);
+            if tokio::time::timeout_at(wake, changes.changed()).await.is_err() && wake >= deadline {
                 return (false, progress);
             }
         }
@@ -268,10 +287,26 @@ impl AgentRegistry {
     /// Asks a connected agent for a fresh report; `None` if it is not connected or does not answer in time.
     /// The whole ask is bounded: a session too busy to take the question counts as no answer.
     pub async fn ask_report(&self, host: &str, include_map: bool, timeout: Duration) -> Option<pb::AgentReport> {
+        self.ask(host, include_map, Vec::new(), timeout).await
+    }
+
+    /// Asks a connected agent to probe `fqdn` end to end now; the result comes in the report the
+    /// agent sends when the probe finishes. `false` if the agent did not take the question in time.
+    pub async fn ask_probe(&self, host: &str, fqdn: &str, timeout: Duration) -> bool {
+        self.ask(host, false, vec![fqdn.to_string()], timeout).await.is_some()
+    }
+
+    async fn ask(
+        &self,
+        host: &str,
+        include_map: bool,
+        probe_fqdns: Vec<String>,
+        timeout: Duration,
+    ) -> Option<pb::AgentReport> {
         let asks = self.agents().get(host).and_then(|e| e.asks.clone())?;
         let (reply, answer) = oneshot::channel();
         let ask = async move {
-            asks.send(ReportAsk { include_map, reply }).await.ok()?;
+            asks.send(ReportAsk { include_map, probe_fqdns, reply }).await.ok()?;
             answer.await.ok()
         };
         tokio::time::timeout(timeout, ask).await.ok()?
@@ -281,6 +316,11 @@ impl AgentRegistry {
 /// Whether `probe` found the FQDN served by `shard`.
 fn probe_served(probe: &pb::FqdnProbe, shard: &str) -> bool {
     probe.ok && probe.served_shard == shard
+}
+
+/// Whether a node of another shard answered `probe`.
+fn probe_wrong_shard(probe: &pb::FqdnProbe, shard: &str) -> bool {
+    !probe.served_shard.is_empty() && probe.served_shard != shard
 }
 
 #[cfg(test)]
@@ -325,6 +365,31 @@ mod tests {
         let (done, progress) = waiter.await.unwrap();
         assert!(done);
         assert_eq!(progress[1].probe.as_ref().unwrap().version, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verify_asks_a_silent_host_to_probe_and_retries_a_failed_probe() {
+        let registry = std::sync::Arc::new(AgentRegistry::new(1));
+        let (tx, mut asks) = mpsc::channel(4);
+        let a = registry.connect("a", "c", tx);
+        registry.ack(&a, 5);
+        let waiter = {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                registry.wait_verified(&["a".to_string()], 5, Some(("x.com", "web-1")), Duration::from_secs(30)).await
+            })
+        };
+        // The binding did not change, so no probe comes by itself: the wait asks for one.
+        let ask = asks.recv().await.expect("an ask to probe");
+        assert_eq!(ask.probe_fqdns, ["x.com"]);
+        let _ = ask.reply.send(pb::AgentReport::default());
+        // A probe that no node answered (a server still coming up) is no reason to give up.
+        registry.report(&a, &report_with_probe("x.com", 5, ""));
+        let ask = asks.recv().await.expect("asked again");
+        let _ = ask.reply.send(pb::AgentReport::default());
+        registry.report(&a, &report_with_probe("x.com", 5, "web-1"));
+        let (done, progress) = waiter.await.unwrap();
+        assert!(done, "{progress:?}");
     }
 
     #[tokio::test]

@@ -251,7 +251,8 @@ impl Session {
 
     async fn ask(&mut self, ask: ReportAsk) -> Result<(), End> {
         self.next_ask += 1;
-        let request = pb::ReportRequest { id: self.next_ask, include_map: ask.include_map };
+        let request =
+            pb::ReportRequest { id: self.next_ask, include_map: ask.include_map, probe_fqdns: ask.probe_fqdns.clone() };
         // Askers that gave up leave their entries; drop those whose reply channel is closed.
         self.pending_asks.retain(|_, pending| !pending.reply.is_closed());
         self.pending_asks.insert(self.next_ask, ask);
