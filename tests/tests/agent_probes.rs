@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::bail;
 use anyhow::Context;
 use lbfleet_proto::pb;
 use lbfleet_proto::pb::command::Kind;
