@@ -47,6 +47,13 @@ fn main() -> ExitCode {
             },
             None => None,
         };
+        // Under systemd (Type=notify): started, and watched while the agent's state answers.
+        let ready = observers.ready.clone();
+        let _watchdog = lbfleet_proto::systemd::ready_and_watch(move || {
+            let ready = ready.clone();
+            async move { ready.responsive().await }
+        })
+        .map(AbortOnDropHandle::new);
         tokio::select! {
             result = session::run_with(config, observers) => result.map_err(|e| e.to_string()),
             _ = lbfleet_proto::process::shutdown_signal() => Ok(()),

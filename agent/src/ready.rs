@@ -40,6 +40,13 @@ impl ReadyState {
         ReadyState { inner: Arc::default(), grace: ACK_GRACE + reload_min_interval }
     }
 
+    /// Whether the state can be read at all: the systemd watchdog's liveness check (a lock held
+    /// forever would wedge readiness and the applier alike).
+    pub async fn responsive(&self) -> bool {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || drop(state.lock())).await.is_ok()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -72,6 +72,10 @@ fn hardened(unit: &str) {
         "Restart=on-failure",
         "RestartPreventExitStatus=64",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        // The daemons speak sd_notify: READY=1, then watchdog pings while they are live.
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
     ] {
         assert!(unit.lines().any(|line| line == setting), "missing {setting}");
     }

@@ -1,11 +1,14 @@
-//! The coordinator under a service manager: with NOTIFY_SOCKET and WATCHDOG_USEC set, as systemd
-//! sets them for `Type=notify` and `WatchdogSec=`, it says READY=1 once it serves and then pings
-//! the watchdog at half the interval; frozen, it stops pinging, so systemd would restart it.
+//! The daemons under a service manager: with NOTIFY_SOCKET and WATCHDOG_USEC set, as systemd
+//! sets them for `Type=notify` and `WatchdogSec=`, each says READY=1 once it runs and then pings
+//! the watchdog at half the interval; a frozen coordinator stops pinging, so systemd would
+//! restart it.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 use std::time::Instant;
 
+use lbfleet_tests::process::agent_binary;
+use lbfleet_tests::process::lbfleet_binary;
 use lbfleet_tests::process::ClusterOptions;
 use lbfleet_tests::process::ProcessCluster;
 
@@ -51,5 +54,36 @@ async fn the_coordinator_says_ready_and_pings_the_watchdog_while_live() -> anyho
     let thawed = heard(&manager, Duration::from_secs(2));
     assert!(thawed.iter().any(|message| message == "WATCHDOG=1"), "no ping after thawing: {thawed:?}");
     cluster.terminate(0);
+    Ok(())
+}
+
+#[test]
+fn the_agent_says_ready_and_pings_the_watchdog() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tls = dir.path().join("tls");
+    let pki = std::process::Command::new(lbfleet_binary())
+        .args(["pki", "init", "--coordinator", "1", "--agent", "lb-x", "--admin", "op", "--dir"])
+        .arg(&tls)
+        .output()?;
+    anyhow::ensure!(pki.status.success(), "pki init: {}", String::from_utf8_lossy(&pki.stderr));
+    let path = dir.path().join("notify");
+    let manager = UnixDatagram::bind(&path)?;
+    // No coordinator answers on port 1: the agent keeps looking for one, and is live meanwhile.
+    let log = std::fs::File::create(dir.path().join("agent.log"))?;
+    let mut agent = std::process::Command::new(agent_binary())
+        .args(["--host-id", "lb-x", "--endpoints", "127.0.0.1:1", "--tls-dir"])
+        .arg(&tls)
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let messages = heard(&manager, Duration::from_secs(2));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let output = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    assert_eq!(messages.first().map(String::as_str), Some("READY=1"), "{messages:?}\n{output}");
+    let pings = messages.iter().filter(|message| *message == "WATCHDOG=1").count();
+    assert!(pings >= 3, "expected a ping every 200 ms for 2 s, heard {messages:?}\n{output}");
     Ok(())
 }
