@@ -6,7 +6,7 @@
 #
 # A second fleet (the chaos tests' own) runs next to this one with its own LBFLEET_PROJECT
 # (compose project), LBFLEET_NAME_PREFIX (prepended to container names), LBFLEET_TLS_DIR and
-# ports (LBFLEET_PORT_1..3, LBFLEET_HTTP_PORT_LB_1/2, LBFLEET_STATS_PORT_LB_1/2).
+# ports (LBFLEET_PORT_1..3, LBFLEET_PAGE_PORT_1..3, LBFLEET_HTTP_PORT_LB_1/2, LBFLEET_STATS_PORT_LB_1/2).
 # LBFLEET_BIN_DIR takes lbfleet and lbfleet-agent from that directory (a debug build, say)
 # instead of building them with `cargo build --release`; LBFLEET_TAG tags the images.
 set -euo pipefail
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 export LBFLEET_TLS_DIR=${LBFLEET_TLS_DIR:-$PWD/.lbfleet/tls}
 export LBFLEET_PORT_1=${LBFLEET_PORT_1:-7400} LBFLEET_PORT_2=${LBFLEET_PORT_2:-7401} LBFLEET_PORT_3=${LBFLEET_PORT_3:-7402}
+export LBFLEET_PAGE_PORT_1=${LBFLEET_PAGE_PORT_1:-9100} LBFLEET_PAGE_PORT_2=${LBFLEET_PAGE_PORT_2:-9101} LBFLEET_PAGE_PORT_3=${LBFLEET_PAGE_PORT_3:-9102}
 export LBFLEET_HTTP_PORT_LB_1=${LBFLEET_HTTP_PORT_LB_1:-8080} LBFLEET_HTTP_PORT_LB_2=${LBFLEET_HTTP_PORT_LB_2:-8081}
 export LBFLEET_STATS_PORT_LB_1=${LBFLEET_STATS_PORT_LB_1:-8404} LBFLEET_STATS_PORT_LB_2=${LBFLEET_STATS_PORT_LB_2:-8405}
 export LBFLEET_ENDPOINTS=127.0.0.1:$LBFLEET_PORT_1,127.0.0.1:$LBFLEET_PORT_2,127.0.0.1:$LBFLEET_PORT_3
@@ -61,9 +62,26 @@ for shard in 1 2; do
   done
 done
 
-step "binding $DEMO_1 to web-1 and $DEMO_2 to web-2 (each waits until both LB hosts serve it)"
-"$LBFLEET" bind "$DEMO_1" web-1 --wait --timeout 60
-"$LBFLEET" bind "$DEMO_2" web-2 --wait --timeout 60
+step "binding $DEMO_1 to web-1 and $DEMO_2 to web-2 (each waits until both LB hosts served it from its shard)"
+"$LBFLEET" bind "$DEMO_1" web-1 --wait --verify --timeout 60
+"$LBFLEET" bind "$DEMO_2" web-2 --wait --verify --timeout 60
+
+step "waiting for the coordinators' and agents' healthchecks (their /readyz)"
+daemons=(lbfleet-coordinator-1 lbfleet-coordinator-2 lbfleet-coordinator-3 lbfleet-agent-lb-1 lbfleet-agent-lb-2)
+for _ in $(seq 1 60); do
+  unhealthy=()
+  for daemon in "${daemons[@]}"; do
+    health=$(docker inspect -f '{{.State.Health.Status}}' "$LBFLEET_NAME_PREFIX$daemon" 2>/dev/null || echo missing)
+    [ "$health" = healthy ] || unhealthy+=("$daemon: $health")
+  done
+  [ ${#unhealthy[@]} -eq 0 ] && break
+  sleep 1
+done
+if [ ${#unhealthy[@]} -ne 0 ]; then
+  printf 'not healthy after 60 s: %s\n' "${unhealthy[@]}" >&2
+  exit 1
+fi
+echo "all ${#daemons[@]} healthy"
 
 step "status"
 "$LBFLEET" lb show --cluster demo
@@ -77,6 +95,9 @@ Try:
   export LBFLEET_TLS_DIR=$LBFLEET_TLS_DIR LBFLEET_ENDPOINTS=$LBFLEET_ENDPOINTS
   $LBFLEET status
   $LBFLEET bind www.example.com web-2 --wait
+  fleet status page: http://127.0.0.1:$LBFLEET_PAGE_PORT_1/ (any coordinator: :$LBFLEET_PAGE_PORT_2, :$LBFLEET_PAGE_PORT_3)
+  metrics: http://127.0.0.1:$LBFLEET_PAGE_PORT_1/metrics
+  $LBFLEET history
   stats pages: http://127.0.0.1:$LBFLEET_STATS_PORT_LB_1/stats http://127.0.0.1:$LBFLEET_STATS_PORT_LB_2/stats
 Remove it with: deploy/down.sh
 EOT

@@ -152,8 +152,9 @@ impl ComposeFleet {
         let tls_dir = dir.path().join("tls");
         let project = format!("lbft-{test}-{}", std::process::id());
         let prefix = format!("{project}-");
-        let ports = free_ports(7)?;
+        let ports = free_ports(10)?;
         let (coordinator_ports, http_ports, stats_ports) = (ports[0..3].to_vec(), ports[3..5].to_vec(), &ports[5..7]);
+        let page_ports = &ports[7..10];
         let mut env: Vec<(String, String)> = vec![
             ("LBFLEET_PROJECT".into(), project.clone()),
             ("LBFLEET_NAME_PREFIX".into(), prefix.clone()),
@@ -162,8 +163,9 @@ impl ComposeFleet {
             ("LBFLEET_DEMO_FQDN".into(), DEMO_FQDNS[0].0.into()),
             ("LBFLEET_DEMO_FQDN_2".into(), DEMO_FQDNS[1].0.into()),
         ];
-        for (i, port) in coordinator_ports.iter().enumerate() {
+        for (i, (port, page)) in coordinator_ports.iter().zip(page_ports).enumerate() {
             env.push((format!("LBFLEET_PORT_{}", i + 1), port.to_string()));
+            env.push((format!("LBFLEET_PAGE_PORT_{}", i + 1), page.to_string()));
         }
         for (i, (http, stats)) in http_ports.iter().zip(stats_ports).enumerate() {
             env.push((format!("LBFLEET_HTTP_PORT_LB_{}", i + 1), http.to_string()));
