@@ -339,15 +339,7 @@ impl Client {
         version: u64,
         timeout: Duration,
     ) -> Result<pb::WaitAppliedReply, ClientError> {
-        let request = pb::WaitAppliedRequest {
-            cluster: cluster.to_string(),
-            version,
-            timeout_ms: timeout.as_millis() as u64,
-            ..Default::default()
-        };
-        // The node answers when its own wait ends; the margin covers the answer's way back.
-        let deadline = timeout + Duration::from_secs(5);
-        Ok(self.call(request, deadline, |mut admin, r| async move { admin.wait_applied(r).await }).await?)
+        self.wait(pb::WaitAppliedRequest { cluster: cluster.to_string(), version, ..Default::default() }, timeout).await
     }
 
     /// Waits until every LB host of `cluster` acknowledged `version` and served `fqdn` from
@@ -363,10 +355,21 @@ impl Client {
         let request = pb::WaitAppliedRequest {
             cluster: cluster.to_string(),
             version,
-            timeout_ms: timeout.as_millis() as u64,
             verify_fqdn: fqdn.to_string(),
             verify_shard: shard.to_string(),
+            ..Default::default()
         };
+        self.wait(request, timeout).await
+    }
+
+    /// Asks the node to wait up to `timeout` as `request` says.
+    async fn wait(
+        &self,
+        mut request: pb::WaitAppliedRequest,
+        timeout: Duration,
+    ) -> Result<pb::WaitAppliedReply, ClientError> {
+        request.timeout_ms = timeout.as_millis() as u64;
+        // The node answers when its own wait ends; the margin covers the answer's way back.
         let deadline = timeout + Duration::from_secs(5);
         Ok(self.call(request, deadline, |mut admin, r| async move { admin.wait_applied(r).await }).await?)
     }
