@@ -107,7 +107,9 @@ fn the_coordinator_example_and_unit_agree_with_the_daemon() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let all = CoordinatorSettings { config: Some(uncommented(&example, dir.path())), ..Default::default() };
-    assert_eq!(all.resolve().unwrap_or_else(|e| panic!("a setting shown does not load: {e}")).snapshot_every, 10_000);
+    let all = all.resolve().unwrap_or_else(|e| panic!("a setting shown does not load: {e}"));
+    assert_eq!(all.snapshot_every, 10_000);
+    assert_eq!(all.metrics_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9100"));
 
     // `coordinator restore --config` reads the same file.
     let restore = RestoreArgs {
