@@ -73,6 +73,7 @@ impl TestCluster {
             snapshot_every: self.snapshot_every,
             keep_logs_behind_snapshot: 0,
             metrics_listen: None,
+            change_log_capacity: lbfleet_coordinator::state::changelog::DEFAULT_CAPACITY,
         }
     }
 

@@ -9,6 +9,7 @@ use clap::Parser;
 use lbfleet_agent::config::AgentSettings;
 use lbfleet_coordinator::daemon::config::CoordinatorSettings;
 use lbfleet_coordinator::daemon::restore::RestoreArgs;
+use lbfleet_proto::process::read_config;
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
@@ -106,9 +107,13 @@ fn the_coordinator_example_and_unit_agree_with_the_daemon() {
     assert!(writable(&unit, &config.data_dir), "the unit must let it write {}", config.data_dir.display());
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let all = CoordinatorSettings { config: Some(uncommented(&example, dir.path())), ..Default::default() };
+    let all = uncommented(&example, dir.path());
+    let shown: CoordinatorSettings = read_config(&all).unwrap_or_else(|e| panic!("the example does not parse: {e}"));
+    assert_eq!(shown.change_log_capacity, Some(2_000_000), "the example shows change_log_capacity");
+    let all = CoordinatorSettings { config: Some(all), ..Default::default() };
     let all = all.resolve().unwrap_or_else(|e| panic!("a setting shown does not load: {e}"));
     assert_eq!(all.snapshot_every, 10_000);
+    assert_eq!(all.change_log_capacity, 2_000_000);
     assert_eq!(all.metrics_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9100"));
 
     // `coordinator restore --config` reads the same file.

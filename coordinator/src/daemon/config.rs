@@ -50,8 +50,19 @@ lbfleet_proto::settings! {
         /// [default: off].
         #[arg(long)]
         pub metrics_listen: Option<String>,
+        /// Binding changes kept in memory so a reconnecting agent gets a delta, not the full
+        /// state; about 100 bytes each (1000 to 100000000) [default: 2000000].
+        #[arg(long)]
+        pub change_log_capacity: Option<u64>,
     }
 }
+
+/// The agents' change log keeps this many binding changes unless told otherwise.
+pub const DEFAULT_CHANGE_LOG_CAPACITY: u64 = crate::state::changelog::DEFAULT_CAPACITY as u64;
+/// Below this, a burst of binds pushes every reconnecting agent to a full sync.
+pub const MIN_CHANGE_LOG_CAPACITY: u64 = 1_000;
+/// Above this, the log alone could take tens of gigabytes.
+pub const MAX_CHANGE_LOG_CAPACITY: u64 = 100_000_000;
 
 /// A validated coordinator configuration.
 #[derive(Debug, Clone)]
@@ -67,6 +78,8 @@ pub struct CoordinatorConfig {
     pub keep_logs_behind_snapshot: u64,
     /// Where the operators' HTTP listener binds; `None` leaves it off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Binding changes the agents' change log retains.
+    pub change_log_capacity: usize,
 }
 
 impl CoordinatorSettings {
@@ -106,6 +119,7 @@ impl CoordinatorSettings {
                 })
             })
             .transpose()?;
+        let change_log_capacity = change_log_capacity(self.change_log_capacity)?;
         let bootstrap = parse_members("bootstrap", &self.bootstrap.unwrap_or_default())?;
         if !bootstrap.is_empty() && !bootstrap.contains_key(&node_id) {
             return Err(ConfigError::Invalid {
@@ -124,8 +138,25 @@ impl CoordinatorSettings {
             snapshot_every: self.snapshot_every.unwrap_or(10_000).max(1),
             keep_logs_behind_snapshot: self.keep_logs_behind_snapshot.unwrap_or(1_000),
             metrics_listen,
+            change_log_capacity,
         })
     }
+}
+
+fn change_log_capacity(setting: Option<u64>) -> Result<usize, ConfigError> {
+    let capacity = setting.unwrap_or(DEFAULT_CHANGE_LOG_CAPACITY);
+    if !(MIN_CHANGE_LOG_CAPACITY..=MAX_CHANGE_LOG_CAPACITY).contains(&capacity) {
+        return Err(ConfigError::Invalid {
+            field: "change_log_capacity",
+            value: capacity.to_string(),
+            reason: format!("expected {MIN_CHANGE_LOG_CAPACITY} to {MAX_CHANGE_LOG_CAPACITY} changes"),
+        });
+    }
+    usize::try_from(capacity).map_err(|_| ConfigError::Invalid {
+        field: "change_log_capacity",
+        value: capacity.to_string(),
+        reason: "larger than this machine can address".into(),
+    })
 }
 
 #[cfg(test)]
@@ -151,6 +182,25 @@ mod tests {
         assert!(config.bootstrap.is_empty());
         assert_eq!(config.snapshot_every, 10_000);
         assert_eq!(config.metrics_listen, None, "the operators' listener is off unless asked for");
+        assert_eq!(config.change_log_capacity, 2_000_000);
+    }
+
+    #[test]
+    fn change_log_capacity_is_bounded() {
+        let with = |n| CoordinatorSettings { change_log_capacity: Some(n), ..settings() }.validate();
+        assert_eq!(with(1_000).unwrap().change_log_capacity, 1_000);
+        assert_eq!(with(100_000_000).unwrap().change_log_capacity, 100_000_000);
+        for bad in [0, 999, 100_000_001] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("invalid change_log_capacity \"{bad}\": expected 1000 to 100000000 changes")
+            );
+        }
+        let file: CoordinatorSettings = toml::from_str("change_log_capacity = 50_000").unwrap();
+        assert_eq!(file.or(settings()).validate().unwrap().change_log_capacity, 50_000);
+        let err = toml::from_str::<CoordinatorSettings>("change_log_capacity = -1").unwrap_err();
+        assert!(err.to_string().contains("change_log_capacity"), "{err}");
     }
 
     #[test]
@@ -193,10 +243,13 @@ mod tests {
             "1=a:1,3=c:3",
             "--snapshot-every",
             "50",
+            "--change-log-capacity",
+            "5000",
         ]);
         assert_eq!(run.settings.node_id, Some(3));
         assert_eq!(run.settings.bootstrap, Some(vec!["1=a:1".to_string(), "3=c:3".to_string()]));
         assert_eq!(run.settings.snapshot_every, Some(50));
+        assert_eq!(run.settings.change_log_capacity, Some(5000));
         assert_eq!(run.settings.tls_dir, None, "--tls-dir is the global flag");
     }
 

@@ -192,8 +192,8 @@ impl Coordinator {
             DurableDb::open(&sled_path).map_err(|source| StartError::Storage { path: sled_path.clone(), source })?;
         let log_store = LogStore::open(&db).map_err(|source| StartError::Log { path: sled_path.clone(), source })?;
         let committed = log_store.committed_index();
-        let state_machine =
-            StateMachineStore::open(&db).map_err(|source| StartError::StateMachine { path: sled_path, source })?;
+        let state_machine = StateMachineStore::open_with_change_log(&db, config.change_log_capacity)
+            .map_err(|source| StartError::StateMachine { path: sled_path, source })?;
         let shared = state_machine.shared();
         let _ = revocations.set(shared.clone());
 

@@ -149,14 +149,21 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Opens the snapshot tree in `db` and restores the last snapshot, if any.
+    /// Opens the snapshot tree in `db` and restores the last snapshot, if any; the agents'
+    /// change log keeps its default capacity.
     pub fn open(db: &DurableDb) -> Result<StateMachineStore, StorageError> {
+        StateMachineStore::open_with_change_log(db, crate::state::changelog::DEFAULT_CAPACITY)
+    }
+
+    /// [`StateMachineStore::open`] with a change log retaining `change_log_capacity` binding changes.
+    pub fn open_with_change_log(db: &DurableDb, change_log_capacity: usize) -> Result<StateMachineStore, StorageError> {
         let snapshots =
             db.db().open_tree("snapshots").map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         let (version, _) = watch::channel(0);
+        let applied = Applied { changes: ChangeLog::new(change_log_capacity), ..Applied::default() };
         let store = StateMachineStore {
             shared: Arc::new(SharedState {
-                applied: RwLock::new(Applied::default()),
+                applied: RwLock::new(applied),
                 version,
                 snapshots_built: AtomicU64::new(0),
             }),
@@ -323,5 +330,45 @@ mod tests {
         future[4..8].copy_from_slice(&3u32.to_be_bytes());
         assert!(matches!(decode_state(&future).unwrap_err(), SnapshotDataError::UnsupportedFormat { found: 3 }));
         assert!(matches!(decode_state(&bytes[..bytes.len() - 1]).unwrap_err(), SnapshotDataError::Decode(_)));
+    }
+
+    /// A cluster and shard (entries 1-2), then three binds (3-5), applied to a new store.
+    async fn three_binds(change_log_capacity: Option<usize>) -> (tempfile::TempDir, StateMachineStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = DurableDb::open(dir.path()).expect("open sled");
+        let mut store = match change_log_capacity {
+            Some(capacity) => StateMachineStore::open_with_change_log(&db, capacity),
+            None => StateMachineStore::open(&db),
+        }
+        .expect("state machine");
+        let mut commands = vec![
+            Command::CreateCluster { name: "c".into(), haproxy_container: None },
+            Command::CreateShard { name: "s".into(), cluster: "c".into() },
+        ];
+        for name in ["a.com", "b.com", "c.com"] {
+            let fqdn = lbfleet_proto::Fqdn::parse(name).unwrap();
+            commands.push(Command::Bind { fqdn, shard: "s".into(), cluster: None });
+        }
+        let leader = openraft::CommittedLeaderId::new(1, 1);
+        let entries = commands.into_iter().enumerate().map(|(i, command)| Entry {
+            log_id: LogId::new(leader, i as u64 + 1),
+            payload: EntryPayload::Normal(command),
+        });
+        store.apply(entries).await.expect("applied");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn the_change_log_capacity_reaches_the_applied_state() {
+        let (_dir, store) = three_binds(Some(2)).await;
+        let shared = store.shared();
+        let applied = shared.read();
+        assert_eq!(applied.version(), 5);
+        // Two changes kept: the bind at 3 was dropped, so an agent at 2 needs the full state.
+        assert!(applied.changes.since("c", 2).is_none(), "an agent behind the log gets the full state");
+        assert_eq!(applied.changes.since("c", 3).expect("covered").bindings.len(), 2);
+
+        let (_dir, store) = three_binds(None).await;
+        assert_eq!(store.shared().read().changes.since("c", 2).expect("the default keeps all").bindings.len(), 3);
     }
 }
