@@ -364,6 +364,7 @@ mod tests {
         let shared = store.shared();
         let applied = shared.read();
         assert_eq!(applied.version(), 5);
+        assert_eq!(applied.changes.capacity(), 2);
         // Two changes kept: the bind at 3 was dropped, so an agent at 2 needs the full state.
         assert!(applied.changes.since("c", 2).is_none(), "an agent behind the log gets the full state");
         assert_eq!(applied.changes.since("c", 3).expect("covered").bindings.len(), 2);

@@ -4,7 +4,9 @@
 //! install it starts empty, and agents older than what it covers get the full state.
 
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use lbfleet_proto::Fqdn;
 
@@ -15,14 +17,15 @@ use super::State;
 /// Binding changes retained before the oldest are dropped.
 pub const DEFAULT_CAPACITY: usize = 2_000_000;
 
-/// One binding change at a version.
+/// One binding change at a version. Cluster and shard names are shared with every other change
+/// naming them: a String each would cost more than the FQDN.
 #[derive(Debug, Clone)]
 struct Change {
     version: u64,
-    cluster: String,
+    cluster: Arc<str>,
     fqdn: Fqdn,
     /// `None`: unbound.
-    shard: Option<String>,
+    shard: Option<Arc<str>>,
 }
 
 /// The net effect on one cluster since some version.
@@ -38,7 +41,9 @@ pub struct ClusterDelta {
 #[derive(Debug)]
 pub struct ChangeLog {
     changes: VecDeque<Change>,
-    topology: VecDeque<(u64, String)>,
+    topology: VecDeque<(u64, Arc<str>)>,
+    /// One copy of each cluster and shard name the retained changes hold.
+    names: Names,
     /// Every change with a version >= this is retained.
     covered_from: u64,
     capacity: usize,
@@ -53,7 +58,13 @@ impl Default for ChangeLog {
 impl ChangeLog {
     /// An empty log retaining at most `capacity` binding changes.
     pub fn new(capacity: usize) -> ChangeLog {
-        ChangeLog { changes: VecDeque::new(), topology: VecDeque::new(), covered_from: 1, capacity: capacity.max(1) }
+        ChangeLog {
+            changes: VecDeque::new(),
+            topology: VecDeque::new(),
+            names: Names::default(),
+            covered_from: 1,
+            capacity: capacity.max(1),
+        }
     }
 
     /// Forgets everything: only versions after `version` will be covered.
@@ -75,7 +86,7 @@ impl ChangeLog {
                 self.record(version, state, command, response)
             }
             (_, Response::Bound { cluster, fqdn, shard, previous }) if previous.as_ref() != Some(shard) => {
-                self.push(version, cluster, fqdn.clone(), Some(shard.clone()));
+                self.push(version, cluster, fqdn.clone(), Some(shard));
             }
             (_, Response::Unbound { cluster, fqdn, .. }) => self.push(version, cluster, fqdn.clone(), None),
             (Command::BindBatch { cluster, entries }, Response::Batch(summary)) => {
@@ -88,7 +99,7 @@ impl ChangeLog {
                     summary.skipped.iter().map(|(fqdn, _)| fqdn.as_str()).collect();
                 for (fqdn, shard) in entries {
                     if !skipped.contains(fqdn.as_str()) && bindings.get(fqdn) == Some(shard) {
-                        self.push(version, cluster, fqdn.clone(), Some(shard.clone()));
+                        self.push(version, cluster, fqdn.clone(), Some(shard));
                     }
                 }
             }
@@ -101,7 +112,7 @@ impl ChangeLog {
             | (_, Response::ClusterChanged { name: cluster }) => self.topology_changed(version, cluster),
             (_, Response::ShardDeleted { cluster, moved, moved_to, .. }) => {
                 for fqdn in moved {
-                    self.push(version, cluster, fqdn.clone(), moved_to.clone());
+                    self.push(version, cluster, fqdn.clone(), moved_to.as_deref());
                 }
                 self.topology_changed(version, cluster);
             }
@@ -119,20 +130,44 @@ impl ChangeLog {
         }
     }
 
-    fn push(&mut self, version: u64, cluster: &str, fqdn: Fqdn, shard: Option<String>) {
-        self.changes.push_back(Change { version, cluster: cluster.to_string(), fqdn, shard });
+    fn push(&mut self, version: u64, cluster: &str, fqdn: Fqdn, shard: Option<&str>) {
+        let cluster = self.names.get(cluster);
+        let shard = shard.map(|shard| self.names.get(shard));
+        self.changes.push_back(Change { version, cluster, fqdn, shard });
         while self.changes.len() > self.capacity {
             if let Some(dropped) = self.changes.pop_front() {
                 self.covered_from = self.covered_from.max(dropped.version + 1);
+                self.names.release(dropped.cluster);
+                if let Some(shard) = dropped.shard {
+                    self.names.release(shard);
+                }
             }
         }
         while self.topology.front().is_some_and(|(v, _)| *v < self.covered_from) {
-            self.topology.pop_front();
+            if let Some((_, cluster)) = self.topology.pop_front() {
+                self.names.release(cluster);
+            }
         }
     }
 
     fn topology_changed(&mut self, version: u64, cluster: &str) {
-        self.topology.push_back((version, cluster.to_string()));
+        let cluster = self.names.get(cluster);
+        self.topology.push_back((version, cluster));
+    }
+
+    /// Binding changes retained now.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether no binding change is retained.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Binding changes retained at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// The net changes to `cluster` after `from_version`, or `None` when the log no longer covers them.
@@ -143,11 +178,36 @@ impl ChangeLog {
         let mut delta = ClusterDelta::default();
         // Changes are in version order, so a binary search finds the first one after `from_version`.
         let start = self.changes.partition_point(|c| c.version <= from_version);
-        for change in self.changes.range(start..).filter(|c| c.cluster == cluster) {
-            delta.bindings.insert(change.fqdn.clone(), change.shard.clone());
+        for change in self.changes.range(start..).filter(|c| &*c.cluster == cluster) {
+            delta.bindings.insert(change.fqdn.clone(), change.shard.as_deref().map(str::to_string));
         }
-        delta.topology_changed = self.topology.iter().any(|(v, c)| *v > from_version && c == cluster);
+        delta.topology_changed = self.topology.iter().any(|(v, c)| *v > from_version && &**c == cluster);
         Some(delta)
+    }
+}
+
+/// Interned cluster and shard names: one allocation per name, however many changes hold it.
+#[derive(Debug, Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    /// The shared copy of `name`.
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(name) = self.0.get(name) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.0.insert(name.clone());
+        name
+    }
+
+    /// Gives back a change's copy; a name no retained change holds any more is forgotten, so
+    /// deleted shards and clusters do not accumulate.
+    fn release(&mut self, name: Arc<str>) {
+        // Held by this set and `name` only.
+        if Arc::strong_count(&name) == 2 {
+            self.0.remove(&name);
+        }
     }
 }
 
@@ -266,5 +326,26 @@ mod tests {
         log.reset(6);
         assert!(log.since("c", 5).is_none());
         assert!(log.since("c", 6).unwrap().bindings.is_empty());
+    }
+
+    #[test]
+    fn names_are_shared_and_forgotten_with_their_last_change() {
+        let mut log = ChangeLog::new(3);
+        let mut commands = setup();
+        commands.push(Command::Bind { fqdn: fqdn("a.com"), shard: "s1".into(), cluster: None });
+        for name in ["b.com", "c.com", "d.com"] {
+            commands.push(Command::Bind { fqdn: fqdn(name), shard: "s2".into(), cluster: None });
+        }
+        state_with(&commands, &mut log);
+        assert_eq!(log.len(), 3);
+        let first = &log.changes[0];
+        assert!(Arc::ptr_eq(first.shard.as_ref().unwrap(), log.changes[2].shard.as_ref().unwrap()), "one s2");
+        assert!(Arc::ptr_eq(&first.cluster, &log.changes[2].cluster), "one c");
+        assert!(log.topology.is_empty(), "the topology changes before the oldest change went too");
+        let mut names: Vec<&str> = log.names.0.iter().map(|n| &**n).collect();
+        names.sort();
+        assert_eq!(names, ["c", "s2"], "s1 left with the bind of a.com");
+        log.reset(7);
+        assert!(log.names.0.is_empty() && log.is_empty());
     }
 }
