@@ -51,7 +51,7 @@ lbfleet_proto::settings! {
         #[arg(long)]
         pub metrics_listen: Option<String>,
         /// Binding changes kept in memory so a reconnecting agent gets a delta, not the full
-        /// state; about 100 bytes each (1000 to 100000000) [default: 2000000].
+        /// state; about 110 bytes each (1000 to 100000000) [default: 2000000].
         #[arg(long)]
         pub change_log_capacity: Option<u64>,
     }

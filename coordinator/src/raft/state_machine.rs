@@ -361,13 +361,15 @@ mod tests {
     #[tokio::test]
     async fn the_change_log_capacity_reaches_the_applied_state() {
         let (_dir, store) = three_binds(Some(2)).await;
-        let shared = store.shared();
-        let applied = shared.read();
-        assert_eq!(applied.version(), 5);
-        assert_eq!(applied.changes.capacity(), 2);
-        // Two changes kept: the bind at 3 was dropped, so an agent at 2 needs the full state.
-        assert!(applied.changes.since("c", 2).is_none(), "an agent behind the log gets the full state");
-        assert_eq!(applied.changes.since("c", 3).expect("covered").bindings.len(), 2);
+        {
+            let shared = store.shared();
+            let applied = shared.read();
+            assert_eq!(applied.version(), 5);
+            assert_eq!(applied.changes.capacity(), 2);
+            // Two changes kept: the bind at 3 was dropped, so an agent at 2 needs the full state.
+            assert!(applied.changes.since("c", 2).is_none(), "an agent behind the log gets the full state");
+            assert_eq!(applied.changes.since("c", 3).expect("covered").bindings.len(), 2);
+        }
 
         let (_dir, store) = three_binds(None).await;
         assert_eq!(store.shared().read().changes.since("c", 2).expect("the default keeps all").bindings.len(), 3);
