@@ -13,6 +13,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::bindings_stream;
 use super::convert;
 use super::forward;
 use super::forward::Forwarder;
@@ -124,7 +125,7 @@ impl pb::admin_server::Admin for AdminService {
         }
         self.linearizable().await?;
         let request = request.into_inner();
-        Ok(Response::new(self.cluster_view(&request.cluster, &request.host)?))
+        Ok(Response::new(self.cluster_view(&request.cluster, &request.host, !request.without_bindings)?))
     }
 
     async fn list_clusters(
@@ -226,8 +227,11 @@ impl pb::admin_server::Admin for AdminService {
         }
         self.linearizable().await?;
         let request = request.into_inner();
-        let desired = self.cluster_view(&request.cluster, &request.host)?;
+        let mut desired = self.cluster_view(&request.cluster, &request.host, true)?;
         let hosts = lb_state::compare_hosts(&self.agents, &desired).await;
+        if request.without_bindings {
+            desired.bindings = Vec::new();
+        }
         Ok(Response::new(pb::LbStateReply { desired: Some(desired), hosts }))
     }
 
@@ -249,6 +253,28 @@ impl pb::admin_server::Admin for AdminService {
         let node_id = self.raft.metrics().borrow().id;
         let file = snapshot::encode(self.shared.clone(), node_id).await?;
         Ok(Response::new(snapshot::stream(file)))
+    }
+
+    type ClusterBindingsStream = bindings_stream::BindingsStream;
+
+    /// Served by the leader after a read barrier, like `snapshot`: every chunk comes from one
+    /// copy of the cluster's bindings, so all of them are at one version.
+    async fn cluster_bindings(
+        &self,
+        request: Request<pb::ClusterBindingsRequest>,
+    ) -> Result<Response<Self::ClusterBindingsStream>, Status> {
+        authorize(&request, OPERATORS)?;
+        if let Route::Leader(leader) = self.route(&request)? {
+            let deadline = transport::caller_deadline(&request).unwrap_or(DEFAULT_FORWARD_DEADLINE);
+            let upstream = self
+                .forwarder
+                .forward(&leader, request, |mut leader, r| async move { leader.cluster_bindings(r).await })
+                .await?;
+            return Ok(Response::new(snapshot::relay(upstream.into_inner(), leader, deadline)));
+        }
+        self.linearizable().await?;
+        let bindings = bindings_stream::read(self.shared.clone(), request.into_inner().cluster).await?;
+        Ok(Response::new(bindings_stream::stream(bindings)))
     }
 
     /// Served by the leader, which holds the agents' streams.
@@ -295,7 +321,7 @@ impl pb::admin_server::Admin for AdminService {
 
 impl AdminService {
     /// The applied view of one cluster, optionally limited to one of its hosts.
-    fn cluster_view(&self, cluster: &str, host: &str) -> Result<pb::ClusterView, Status> {
+    fn cluster_view(&self, cluster: &str, host: &str, with_bindings: bool) -> Result<pb::ClusterView, Status> {
         let applied = self.shared.read();
         let cluster = applied
             .state
@@ -308,7 +334,16 @@ impl AdminService {
                 return Err(Status::not_found(format!("host {host:?} not found in cluster {:?}", cluster.name)));
             }
         }
-        Ok(convert::cluster_view(&applied, cluster, host))
+        if with_bindings {
+            return Ok(convert::cluster_view(&applied, cluster, host));
+        }
+        // The topology alone: an empty map in place of the cluster's, nothing copied.
+        let topology = crate::state::Cluster {
+            name: cluster.name.clone(),
+            config: cluster.config.clone(),
+            bindings: Default::default(),
+        };
+        Ok(convert::cluster_view(&applied, &topology, host))
     }
 
     fn status_reply(&self) -> pb::StatusReply {

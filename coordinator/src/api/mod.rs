@@ -1,6 +1,7 @@
 //! The coordinator's gRPC services for operators.
 
 pub mod admin;
+pub mod bindings_stream;
 pub mod convert;
 pub mod forward;
 pub mod group_commit;

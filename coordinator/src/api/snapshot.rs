@@ -89,8 +89,13 @@ pub fn stream(file: Vec<u8>) -> ChunkStream {
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// Passes on the leader's stream; a leader that sends nothing for `deadline` fails it.
-pub fn relay(mut upstream: Streaming<pb::SnapshotChunk>, leader: String, deadline: Duration) -> ChunkStream {
+/// Passes on the leader's stream (of snapshot chunks, or of any other server stream); a
+/// leader that sends nothing for `deadline` fails it.
+pub fn relay<T: Send + 'static>(
+    mut upstream: Streaming<T>,
+    leader: String,
+    deadline: Duration,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
     let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
     tokio::spawn(async move {
         let endpoint = format!("the leader at {leader}");

@@ -23,6 +23,8 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::bindings::BindingsReader;
+
 /// The longest the CLI waits for an endpoint to prove it answers.
 const PROBE_DEADLINE: Duration = Duration::from_secs(3);
 /// Once a follower answered, how long the other endpoints get to answer as the leader.
@@ -65,6 +67,9 @@ pub enum ClientError {
         #[source]
         last: Status,
     },
+    /// A stream broke its own promises (one version, order, the count it announced).
+    #[error("{endpoint} sent a broken bindings stream: {reason}")]
+    BrokenStream { endpoint: String, reason: String },
 }
 
 /// One endpoint that did not answer the probe, and what happened.
@@ -316,9 +321,35 @@ impl Client {
 
     /// A linearizable view of one cluster.
     pub async fn cluster(&self, cluster: &str, host: Option<&str>) -> Result<pb::ClusterView, ClientError> {
-        let request =
-            pb::GetClusterRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };
+        self.get_cluster(cluster, host, false).await
+    }
+
+    /// A linearizable view of one cluster's topology, without its bindings: small at any map size.
+    pub async fn topology(&self, cluster: &str, host: Option<&str>) -> Result<pb::ClusterView, ClientError> {
+        self.get_cluster(cluster, host, true).await
+    }
+
+    async fn get_cluster(
+        &self,
+        cluster: &str,
+        host: Option<&str>,
+        without_bindings: bool,
+    ) -> Result<pb::ClusterView, ClientError> {
+        let request = pb::GetClusterRequest {
+            cluster: cluster.to_string(),
+            host: host.unwrap_or_default().to_string(),
+            without_bindings,
+        };
         Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.get_cluster(r).await }).await?)
+    }
+
+    /// A linearizable read of one cluster's bindings, streamed in FQDN order; each chunk
+    /// gets `--timeout` to arrive.
+    pub async fn bindings(&self, cluster: &str) -> Result<BindingsReader, ClientError> {
+        let request = pb::ClusterBindingsRequest { cluster: cluster.to_string() };
+        let stream =
+            self.call(request, self.timeout, |mut admin, r| async move { admin.cluster_bindings(r).await }).await?;
+        Ok(BindingsReader::new(stream, format!("coordinator {}", self.endpoint()), self.timeout))
     }
 
     /// A linearizable list of the clusters.
@@ -374,9 +405,14 @@ impl Client {
         Ok(self.call(request, deadline, |mut admin, r| async move { admin.wait_applied(r).await }).await?)
     }
 
-    /// The desired map of a cluster next to what each LB host holds.
+    /// What each LB host holds compared with the desired map; the desired view comes without
+    /// its bindings (read them with [`Client::bindings`]).
     pub async fn lb_state(&self, cluster: &str, host: Option<&str>) -> Result<pb::LbStateReply, ClientError> {
-        let request = pb::LbStateRequest { cluster: cluster.to_string(), host: host.unwrap_or_default().to_string() };
+        let request = pb::LbStateRequest {
+            cluster: cluster.to_string(),
+            host: host.unwrap_or_default().to_string(),
+            without_bindings: true,
+        };
         Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.lb_state(r).await }).await?)
     }
 

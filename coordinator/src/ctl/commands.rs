@@ -25,6 +25,7 @@ use super::client::ClientError;
 use super::drain;
 use super::history;
 use super::import;
+use super::lb_show;
 use super::node_output;
 use super::output;
 use super::snapshot;
@@ -164,7 +165,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 Some(cluster) => cluster,
                 None => only_cluster(&client).await?,
             };
-            output::lb_show(json, &client.lb_state(&cluster, host.as_deref()).await?);
+            lb_show::run(&client, &cluster, host.as_deref(), json).await?;
         }
         Command::Status => {
             let status = client.status().await?;

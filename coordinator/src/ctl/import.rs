@@ -133,7 +133,7 @@ fn not_in_file(entries: &[pb::BindEntry], current: &[pb::BindEntry]) -> Vec<Stri
 /// Reads the file and the cluster's map and says what an import would change; writes nothing.
 pub async fn dry_run(client: &Client, file: &Path, cluster: &str, prune: bool) -> anyhow::Result<ImportPlan> {
     let parsed = parse_map(&read(file)?);
-    let current = client.cluster(cluster, None).await?.bindings;
+    let (_, current) = client.bindings(cluster).await?.collect().await?;
     Ok(plan(parsed, &current, prune))
 }
 
@@ -153,7 +153,7 @@ pub async fn run(
     let parsed = parse_map(&read(file)?);
     // Read before importing: the import adds and moves only names that are in the file.
     let to_remove = match prune {
-        true => not_in_file(&parsed.entries, &client.cluster(cluster, None).await?.bindings),
+        true => not_in_file(&parsed.entries, &client.bindings(cluster).await?.collect().await?.1),
         false => Vec::new(),
     };
     let mut report = ImportReport { skipped: parsed.skipped, ..ImportReport::default() };

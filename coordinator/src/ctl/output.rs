@@ -1,5 +1,8 @@
 //! How the CLI prints results: aligned text for people, JSON for scripts.
 
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::io::Write;
 use std::path::Path;
 
 use lbfleet_proto::names;
@@ -40,14 +43,13 @@ pub fn cluster_list(json: bool, list: &pb::ClusterList) {
     }
 }
 
-/// `lb show`: the desired map of a cluster next to what each LB host's HAProxy holds.
-pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
-    let Some(view) = reply.desired.as_ref() else {
-        return;
-    };
-    if json {
-        return print_json(&LbShowJson::new(view, &reply.hosts));
-    }
+/// `lb show --json`: printed once the whole desired map arrived.
+pub fn lb_show_json(view: &pb::ClusterView, hosts: &[pb::HostLbState]) {
+    print_json(&LbShowJson::new(view, hosts));
+}
+
+/// `lb show`, first lines: the cluster and its shards.
+pub fn lb_show_topology(view: &pb::ClusterView) {
     println!("cluster {} at version {} (map {})", view.name, view.version, view.map_path);
     for shard in &view.shards {
         let nodes: Vec<String> = view
@@ -61,9 +63,13 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
             .collect();
         println!("  shard {:<16} backend {:<20} nodes {}", shard.name, shard.lb_backend, nodes.join(", "));
     }
+}
+
+/// `lb show`: one line per LB host (its agent, version, map size, differences, container).
+pub fn lb_show_hosts(hosts: &[pb::HostLbState]) {
     println!();
     println!("{:<16} {:<13} {:>8} {:>6} {:>9} {:>6}  CONTAINER", "HOST", "AGENT", "VERSION", "LAG", "ENTRIES", "DIFFS");
-    for host in &reply.hosts {
+    for host in hosts {
         let agent = host.agent.as_ref();
         let state = match agent {
             Some(a) if a.connected => "connected",
@@ -90,24 +96,56 @@ pub fn lb_show(json: bool, reply: &pb::LbStateReply) {
             container
         );
     }
+}
+
+/// `lb show`: the heading of the desired map, read at `version`; `compared_at` is the
+/// version the hosts were compared with, named when it differs.
+pub fn lb_show_map_heading(total: u64, version: u64, compared_at: u64) {
     println!();
-    println!("desired map ({} entries):", view.bindings.len());
-    for binding in &view.bindings {
-        let marks: Vec<String> = reply
-            .hosts
-            .iter()
-            .filter_map(|h| {
-                let d = h.differences.iter().find(|d| d.fqdn == binding.fqdn)?;
-                Some(match d.actual_backend.as_str() {
-                    "" => format!("MISSING on {}", h.host),
-                    actual => format!("{} holds {actual}", h.host),
-                })
-            })
-            .collect();
-        let mark = if marks.is_empty() { String::new() } else { format!("   <-- {}", marks.join("; ")) };
-        println!("  {} {}{mark}", binding.fqdn, names::lb_backend(&binding.shard));
+    match version == compared_at {
+        true => println!("desired map ({total} entries):"),
+        false => println!("desired map ({total} entries, version {version}; hosts compared at version {compared_at}):"),
     }
-    for host in &reply.hosts {
+}
+
+/// Per FQDN, what the LB hosts hold instead of its desired backend.
+pub fn lb_show_marks(hosts: &[pb::HostLbState]) -> HashMap<&str, Vec<String>> {
+    let mut marks: HashMap<&str, Vec<String>> = HashMap::new();
+    for host in hosts {
+        let mut marked = HashSet::new();
+        for d in host.differences.iter().filter(|d| !d.desired_backend.is_empty()) {
+            // One mark per host and FQDN, as a key held twice is reported once.
+            if !marked.insert(d.fqdn.as_str()) {
+                continue;
+            }
+            marks.entry(d.fqdn.as_str()).or_default().push(match d.actual_backend.as_str() {
+                "" => format!("MISSING on {}", host.host),
+                actual => format!("{} holds {actual}", host.host),
+            });
+        }
+    }
+    marks
+}
+
+/// `lb show`: the lines of some bindings of the desired map, marked where a host differs.
+pub fn lb_show_bindings(
+    out: &mut impl Write,
+    bindings: &[pb::BindEntry],
+    marks: &HashMap<&str, Vec<String>>,
+) -> std::io::Result<()> {
+    for binding in bindings {
+        let backend = names::lb_backend(&binding.shard);
+        match marks.get(binding.fqdn.as_str()) {
+            Some(marks) => writeln!(out, "  {} {backend}   <-- {}", binding.fqdn, marks.join("; "))?,
+            None => writeln!(out, "  {} {backend}", binding.fqdn)?,
+        }
+    }
+    Ok(())
+}
+
+/// `lb show`, last lines: what hosts hold beyond the desired map, and hosts without a map.
+pub fn lb_show_extras(hosts: &[pb::HostLbState]) {
+    for host in hosts {
         for extra in host.differences.iter().filter(|d| d.desired_backend.is_empty()) {
             println!("  EXTRA on {}: {} {}", host.host, extra.fqdn, extra.actual_backend);
         }
@@ -478,6 +516,34 @@ mod tests {
         let difference = &value["hosts"][0]["differences"][0];
         assert_eq!(*difference, json!({"fqdn": "example.com", "desired_backend": "shard-web", "actual_backend": ""}));
         assert_eq!(value["hosts"][0]["agent"]["report"]["map_digest"], "00000000000000ab");
+    }
+
+    #[test]
+    fn lb_show_marks_each_binding_a_host_holds_otherwise() {
+        let difference = |fqdn: &str, desired: &str, actual: &str| pb::MapDifference {
+            fqdn: fqdn.into(),
+            desired_backend: desired.into(),
+            actual_backend: actual.into(),
+        };
+        let hosts = vec![
+            pb::HostLbState {
+                host: "lb-a".into(),
+                differences: vec![difference("a.com", "shard-web", ""), difference("z.com", "", "shard-x")],
+                ..Default::default()
+            },
+            pb::HostLbState {
+                host: "lb-b".into(),
+                differences: vec![difference("a.com", "shard-web", "shard-old")],
+                ..Default::default()
+            },
+        ];
+        let bindings = ["a.com", "b.com"].map(|f| pb::BindEntry { fqdn: f.into(), shard: "web".into() });
+        let mut out = Vec::new();
+        lb_show_bindings(&mut out, &bindings, &lb_show_marks(&hosts)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "  a.com shard-web   <-- MISSING on lb-a; lb-b holds shard-old\n  b.com shard-web\n"
+        );
     }
 
     #[test]
