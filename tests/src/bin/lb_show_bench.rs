@@ -116,7 +116,9 @@ async fn bench(args: Args) -> anyhow::Result<Report> {
             .map(|c| c.split_once('=').map(|(n, p)| (n.to_string(), PathBuf::from(p))).context("--cli takes NAME=PATH"))
             .collect::<anyhow::Result<_>>()?,
     };
-    let cluster = ProcessCluster::start_with(1, ClusterOptions { binary, ..ClusterOptions::default() })?;
+    // The coordinator logs how long each copy of the bindings held the state's read lock.
+    let log_filter = Some("info,lbfleet_coordinator::api::bindings_stream=debug".to_string());
+    let cluster = ProcessCluster::start_with(1, ClusterOptions { binary, log_filter, ..ClusterOptions::default() })?;
     let client = cluster.client().await?;
     client
         .write(Kind::CreateCluster(pb::CreateCluster { name: "bench".into(), haproxy_container: String::new() }))
@@ -164,6 +166,9 @@ async fn bench(args: Args) -> anyhow::Result<Report> {
             report.total_ms_max
         );
         reports.push(report);
+    }
+    for line in cluster.log(0).lines().filter(|l| l.contains("bindings copied")) {
+        println!("coordinator: {line}");
     }
     Ok(Report { bindings: args.bindings, fill_seconds, clis: reports })
 }
