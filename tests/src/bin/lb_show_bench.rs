@@ -78,7 +78,7 @@ fn run_once(cli: &Path, endpoints: &str, tls_dir: &Path) -> anyhow::Result<(Dura
         .arg(endpoints)
         .arg("--tls-dir")
         .arg(tls_dir)
-        .args(["--timeout", "120s", "lb", "show", "--cluster", "bench"])
+        .args(["--timeout", "120", "lb", "show", "--cluster", "bench"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
