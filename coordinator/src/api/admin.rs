@@ -41,6 +41,8 @@ pub struct AdminService {
     committed: Arc<AtomicU64>,
     agents: Arc<AgentRegistry>,
     writes: GroupCommit,
+    /// Copies of a cluster's map being streamed (`ClusterBindings`), each up to tens of MB.
+    binding_streams: bindings_stream::Slots,
 }
 
 /// Where a request that needs the leader is served.
@@ -61,7 +63,8 @@ impl AdminService {
         metrics: WriteMetrics,
     ) -> AdminService {
         let writes = GroupCommit::spawn(raft.clone(), metrics);
-        AdminService { raft, shared, forwarder, committed, agents, writes }
+        let binding_streams = bindings_stream::Slots::default();
+        AdminService { raft, shared, forwarder, committed, agents, writes, binding_streams }
     }
 
     /// Serves here on the leader, or names the leader's channel; a forwarded request never hops twice.
@@ -272,9 +275,10 @@ impl pb::admin_server::Admin for AdminService {
                 .await?;
             return Ok(Response::new(snapshot::relay(upstream.into_inner(), leader, deadline)));
         }
+        let slot = self.binding_streams.take()?;
         self.linearizable().await?;
         let bindings = bindings_stream::read(self.shared.clone(), request.into_inner().cluster).await?;
-        Ok(Response::new(bindings_stream::stream(bindings)))
+        Ok(Response::new(bindings_stream::stream(bindings, slot)))
     }
 
     /// Served by the leader, which holds the agents' streams.

@@ -14,6 +14,8 @@ use std::time::Duration;
 use futures::Stream;
 use lbfleet_proto::pb;
 use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::debug;
@@ -29,6 +31,30 @@ pub const CHUNK_ENTRIES: usize = 10_000;
 const SEND_DEADLINE: Duration = Duration::from_secs(30);
 /// Chunks queued ahead of the caller.
 const QUEUED_CHUNKS: usize = 2;
+/// Streams one node serves at once: each holds its own copy of a map (about 35 MB at 1,000,000
+/// bindings), so callers beyond this are told to come back rather than piling copies up.
+pub const MAX_STREAMS: usize = 4;
+
+/// The streams a node may serve at once.
+#[derive(Clone)]
+pub struct Slots(Arc<Semaphore>);
+
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots(Arc::new(Semaphore::new(MAX_STREAMS)))
+    }
+}
+
+impl Slots {
+    /// A slot for one stream, held until the stream ends; refused when all are in use.
+    pub fn take(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this node is streaming {MAX_STREAMS} maps already (each holds a copy); try again shortly"
+            ))
+        })
+    }
+}
 
 /// The chunks of one cluster's bindings.
 pub type BindingsStream = Pin<Box<dyn Stream<Item = Result<pb::BindingsChunk, Status>> + Send>>;
@@ -121,10 +147,12 @@ pub async fn read(shared: Arc<SharedState>, cluster: String) -> Result<Bindings,
 }
 
 /// Streams `bindings` in chunks of [`CHUNK_ENTRIES`]; each chunk is built when the caller is
-/// ready for it, so at most a few are in memory beside the copy.
-pub fn stream(bindings: Bindings) -> BindingsStream {
+/// ready for it, so at most a few are in memory beside the copy. `slot` is given back when the
+/// stream ends or is dropped.
+pub fn stream(bindings: Bindings, slot: OwnedSemaphorePermit) -> BindingsStream {
     let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
     tokio::spawn(async move {
+        let _slot = slot;
         for chunk in bindings.chunks(CHUNK_ENTRIES) {
             match tokio::time::timeout(SEND_DEADLINE, tx.send(Ok(chunk))).await {
                 Ok(Ok(())) => {}
@@ -204,9 +232,23 @@ mod tests {
         let copied = Bindings::copy(&cluster, 5);
         // A write after the copy must not show in the stream.
         cluster.bindings.clear();
-        let chunks: Vec<_> = stream(copied).map(|c| c.unwrap()).collect().await;
+        let slots = Slots::default();
+        let chunks: Vec<_> = stream(copied, slots.take().unwrap()).map(|c| c.unwrap()).collect().await;
         assert_eq!(chunks.len(), 3);
         assert!(chunks.iter().all(|c| c.version == 5 && c.total as usize == before.len()));
         assert_eq!(chunks.into_iter().flat_map(|c| c.entries).collect::<Vec<_>>(), before);
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_limit_are_refused_until_one_ends() {
+        let slots = Slots::default();
+        let mut held: Vec<_> = (0..MAX_STREAMS).map(|_| slots.take().unwrap()).collect();
+        let refused = slots.take().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("try again"), "{}", refused.message());
+        // A finished stream gives its slot back.
+        let copied = Bindings::copy(&cluster(3), 1);
+        let _: Vec<_> = stream(copied, held.pop().unwrap()).collect().await;
+        assert!(slots.take().is_ok());
     }
 }
