@@ -30,3 +30,15 @@ pub fn utc(unix_ms: i64) -> String {
         .and_then(|at| at.format(&Rfc3339).ok())
         .unwrap_or_else(|| format!("{unix_ms} ms after 1970"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_is_rfc3339_to_the_second_and_a_dash_for_none() {
+        assert_eq!(utc(1_764_324_000_999), "2025-11-28T10:00:00Z");
+        assert_eq!(utc(0), "-");
+        assert_eq!(age(119_999), "119 s");
+    }
+}

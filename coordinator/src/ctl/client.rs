@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use tonic::Streaming;
 
 use super::bindings::BindingsReader;
 
@@ -119,8 +120,7 @@ impl Client {
         identity: Option<&str>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let admin = tls_dir.admin_identity(identity)?;
-        let tls = Credentials::client(tls_dir, &admin)?;
+        let tls = Self::credentials(tls_dir, identity)?;
         let node = Self::find_leader(endpoints, &tls, timeout).await?;
         Ok(Client { endpoints: endpoints.to_vec(), tls, timeout, node: Mutex::new(node), if_version: None })
     }
@@ -183,6 +183,12 @@ impl Client {
         }
         tried.sort_by_key(|(position, _)| *position);
         Err(ClientError::Unreachable { tried: tried.into_iter().map(|(_, failure)| failure).collect() })
+    }
+
+    /// Credentials of the admin identity in `tls_dir` (or the one named).
+    pub fn credentials(tls_dir: &TlsDir, identity: Option<&str>) -> Result<Arc<Credentials>, ClientError> {
+        let admin = tls_dir.admin_identity(identity)?;
+        Ok(Credentials::client(tls_dir, &admin)?)
     }
 
     /// Connects to the first endpoint that answers, in the order given.
@@ -350,6 +356,11 @@ impl Client {
         let stream =
             self.call(request, self.timeout, |mut admin, r| async move { admin.cluster_bindings(r).await }).await?;
         Ok(BindingsReader::new(stream, format!("coordinator {}", self.endpoint()), self.timeout))
+    }
+
+    /// The recorded changes, as the node this client talks to holds them, in chunks.
+    pub async fn history(&self, request: pb::HistoryRequest) -> Result<Streaming<pb::HistoryChunk>, ClientError> {
+        Ok(self.call(request, self.timeout, |mut admin, r| async move { admin.history(r).await }).await?)
     }
 
     /// A linearizable list of the clusters.

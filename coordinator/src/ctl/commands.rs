@@ -47,7 +47,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     // Any node answers a history read from its own state: no need to look for the leader.
     if let Command::History(args @ HistoryArgs { set_limit: None, .. }) = &command {
         let request = history::request(args)?;
-        let tls = history::credentials(&tls_dir, global.identity.as_deref())?;
+        let tls = Client::credentials(&tls_dir, global.identity.as_deref())?;
         history::print(global.json, &history::read(&global.endpoints, &tls, request, timeout).await?);
         return Ok(());
     }
@@ -191,10 +191,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::History(HistoryArgs { set_limit: Some(limit), .. }) => {
             output::write_reply(json, &client.write(Kind::SetHistoryLimit(pb::SetHistoryLimit { limit })).await?);
         }
-        Command::History(args) => {
-            let report = history::read(&global.endpoints, client.tls(), history::request(&args)?, timeout).await?;
-            history::print(json, &report);
-        }
+        // Read before connecting, from the node named, not the leader.
+        Command::History(HistoryArgs { set_limit: None, .. }) => unreachable!("history reads are answered above"),
     }
     Ok(())
 }
