@@ -26,31 +26,28 @@ else
   echo "no Docker engine: the Docker tests will say so and skip (they fail when CI is set)"
 fi
 
+# A Debian package a test needs: installed as root when missing; without it the test says so and
+# skips, or fails when CI is set, so CI fails here first.
+need_package() {
+  local tool=$1 test=$2
+  if command -v "$tool" >/dev/null; then
+    echo "$tool: $(command -v "$tool")"
+  elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool"
+  elif [ -n "${CI:-}" ]; then
+    echo "error: CI is set and $tool is missing; install it (Debian: apt-get install $tool)" >&2
+    exit 1
+  else
+    echo "no $tool and not root: the $test test will say so and skip (it fails when CI is set)"
+  fi
+}
+
 step "wrk for the reloads-under-load test"
-if command -v wrk >/dev/null; then
-  echo "wrk: $(command -v wrk)"
-elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk
-elif [ -n "${CI:-}" ]; then
-  echo "error: CI is set and wrk is missing; install it (Debian: apt-get install wrk)" >&2
-  exit 1
-else
-  echo "no wrk and not root: the wrk test will say so and skip (it fails when CI is set)"
-fi
+need_package wrk wrk
 
 step "chromium for the status page test"
-if command -v chromium >/dev/null; then
-  echo "chromium: $(command -v chromium)"
-elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
-elif [ -n "${CI:-}" ]; then
-  echo "error: CI is set and chromium is missing; install it (Debian: apt-get install chromium)" >&2
-  exit 1
-else
-  echo "no chromium and not root: the status page test will say so and skip (it fails when CI is set)"
-fi
+need_package chromium "status page"
 
 step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
